@@ -1,0 +1,42 @@
+"""Shared fixtures: a real S3 server process, its environment and fresh buckets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.s3server import s3_env, s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture()
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The S3 environment set for this test (and its child processes)."""
+    env = s3_env(s3_endpoint)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CONVIT_S3_RETRY_SECONDS", "10")
+    return env
+
+
+@pytest.fixture()
+def bucket(s3: dict[str, str]) -> str:
+    """A new, empty bucket; returns its name."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture()
+def local_uri(tmp_path: Path) -> str:
+    return f"file://{tmp_path}"
