@@ -1,0 +1,79 @@
+"""`python -m convit.train --job jobs/convit_tiny.yaml [--set key=value ...]`.
+
+One command for every role, so the image has one entrypoint:
+  - with MS_ROLE unset and MS_LOCAL_WORKER set (a training pod), it is the pod supervisor: it starts the
+    MindSpore scheduler (pod 0) and one worker per NPU, each running this same command;
+  - with MS_ROLE=MS_SCHED it is the MindSpore scheduler;
+  - otherwise (MS_ROLE=MS_WORKER, or a plain single-process run) it trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from convit.cluster import contract
+from convit.errors import ConvitError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m convit.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--job", default=os.environ.get("CONVIT_JOB_FILE", contract.JOB_FILE),
+                        help="recipe name from jobs/ or a job file (YAML or JSON)")  # fmt: skip
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job value, e.g. train.lr=1e-3 (repeatable)")  # fmt: skip
+    parser.add_argument("--max-steps", type=int, help="stop after this many global steps")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--data", help="override data.uri")
+    parser.add_argument("--output", help="override checkpoint.uri")
+    parser.add_argument("--log-format", choices=["text", "json"], help="override logging.format")
+    parser.add_argument("--resume", default="", help="resume from this checkpoint URI instead of the job's own")
+    parser.add_argument("--device", choices=["CPU", "Ascend"], help="default: $CONVIT_DEVICE or CPU")
+    parser.add_argument("--pynative", action="store_true", help="PyNative mode (debugging) instead of graph mode")
+    return parser.parse_args(argv)
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    sets = list(args.overrides)
+    for flag, key in (("max_steps", "train.max_steps"), ("epochs", "train.epochs"), ("data", "data.uri"),
+                      ("output", "checkpoint.uri"), ("log_format", "logging.format")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    return sets
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        from convit.jobspec import load_job
+
+        spec = load_job(args.job, overrides_of(args))
+        role = os.environ.get(contract.ENV_ROLE)
+        if role is None and os.environ.get(contract.ENV_LOCAL):
+            from convit.cluster.supervisor import supervise
+
+            return supervise(sys.argv[1:] if argv is None else argv)
+        from convit.train.runtime import init_runtime
+
+        if role == "MS_SCHED":
+            init_runtime(args.device)  # the scheduler serves the cluster inside init() until workers finish
+            return 0
+        runtime = init_runtime(args.device, pynative=args.pynative)
+        if runtime.rank != 0:
+            logging.getLogger().setLevel(logging.WARNING)
+        from convit.train.loop import Trainer
+
+        return Trainer(spec, runtime, resume_uri=args.resume).run()
+    except ConvitError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

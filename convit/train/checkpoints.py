@@ -1,0 +1,224 @@
+"""Checkpoints in object storage, written so that a crash at any moment never leaves a broken "latest".
+
+Layout below the job's checkpoint URI:
+    checkpoints/step-000001234/weights.ckpt   model + optimizer state (MindSpore checkpoint)
+    checkpoints/step-000001234/meta.json      step, data position, sha256 and size of weights.ckpt, recipe;
+                                              uploaded after weights.ckpt, so its presence means "complete"
+    latest.json                               pointer to the newest complete checkpoint, written last
+    best.json                                 pointer to the checkpoint with the best validation top-1
+
+Saving writes the file locally (staging dir), then uploads it on a background thread, so training goes on;
+at most one upload is in flight. Loading verifies size and sha256 before MindSpore reads the file and falls
+back to the previous complete checkpoint when one is corrupt, truncated or does not fit the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convit.errors import ConvitError
+from convit.storage import Storage, StorageError, open_storage
+
+log = logging.getLogger("convit.checkpoints")
+
+CKPT_DIR = "checkpoints"
+WEIGHTS = "weights.ckpt"
+META = "meta.json"
+LATEST = "latest.json"
+BEST = "best.json"
+_STEP_DIR = re.compile(r"^checkpoints/(step-\d{9})/meta\.json$")
+
+
+class CheckpointError(ConvitError):
+    """A checkpoint that cannot be used."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    step: int  # global steps done
+    epoch: int  # epoch to continue in
+    epoch_step: int  # steps of that epoch already done
+    sha256: str
+    size: int
+    model: str
+    top1: float | None = None
+    saved_at: float = 0.0
+    reason: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return step_dir(self.step)
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    """Rank 0 saves through it; every rank loads through it."""
+
+    def __init__(self, uri: str, staging: Path, keep_last: int = 10, keep_best: bool = True) -> None:
+        self.uri = uri
+        self.storage: Storage = open_storage(uri)
+        self.staging = staging
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self._upload: threading.Thread | None = None
+        self._upload_error: BaseException | None = None
+        self.upload_seconds: list[float] = []
+
+    # ---- saving -------------------------------------------------------------------------------------------
+    def save(
+        self,
+        write: Callable[[Path], None],
+        meta: dict[str, Any],
+        *,
+        background: bool = True,
+    ) -> CheckpointMeta:
+        """`write(path)` writes weights.ckpt locally; the upload and pointer update follow (in the background)."""
+        self.wait()  # one upload at a time, and surface the previous one's failure
+        step = int(meta["step"])
+        local_dir = self.staging / step_dir(step)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        weights = local_dir / WEIGHTS
+        if weights.exists():
+            weights.chmod(0o600)
+            weights.unlink()
+        write(weights)
+        info = CheckpointMeta(
+            sha256=sha256_file(weights), size=weights.stat().st_size, saved_at=time.time(), **meta
+        )
+        if background:
+            self._upload = threading.Thread(target=self._run_upload, args=(info, local_dir), daemon=True)
+            self._upload.start()
+        else:
+            self._publish(info, local_dir)
+        return info
+
+    def _run_upload(self, info: CheckpointMeta, local_dir: Path) -> None:
+        try:
+            self._publish(info, local_dir)
+        except BaseException as exc:  # reported by wait() on the training thread
+            self._upload_error = exc
+
+    def _publish(self, info: CheckpointMeta, local_dir: Path) -> None:
+        started = time.monotonic()
+        prefix = f"{CKPT_DIR}/{info.name}"
+        self.storage.put_file(f"{prefix}/{WEIGHTS}", local_dir / WEIGHTS)
+        self.storage.put(f"{prefix}/{META}", json.dumps(asdict(info), sort_keys=True).encode())
+        pointer = json.dumps({"step": info.step, "dir": prefix}).encode()
+        self.storage.put(LATEST, pointer)
+        if info.top1 is not None and self.keep_best and self._is_best(info):
+            self.storage.put(BEST, json.dumps({"step": info.step, "dir": prefix, "top1": info.top1}).encode())
+        self.upload_seconds.append(time.monotonic() - started)
+        self._prune()
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _is_best(self, info: CheckpointMeta) -> bool:
+        try:
+            best = json.loads(self.storage.get(BEST))
+        except StorageError:
+            return True
+        return float(best.get("top1", -1.0)) < float(info.top1 or 0.0)
+
+    def _prune(self) -> None:
+        steps = self.complete_steps()
+        protected: set[int] = set()
+        try:
+            protected.add(int(json.loads(self.storage.get(BEST))["step"]))
+        except (StorageError, ValueError, KeyError):
+            pass
+        for step in steps[: max(0, len(steps) - self.keep_last)]:
+            if step in protected:
+                continue
+            prefix = f"{CKPT_DIR}/{step_dir(step)}"
+            self.storage.delete(f"{prefix}/{META}")  # incomplete first, then gone
+            self.storage.delete(f"{prefix}/{WEIGHTS}")
+
+    def wait(self) -> None:
+        """Block until the in-flight upload is done; raise if it failed."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        if self._upload_error is not None:
+            error, self._upload_error = self._upload_error, None
+            if isinstance(error, ConvitError):
+                raise CheckpointError(f"checkpoint upload failed: {error}") from None
+            raise error
+
+    # ---- loading ------------------------------------------------------------------------------------------
+    def complete_steps(self) -> list[int]:
+        """Steps with a meta.json (uploaded after the weights), ascending."""
+        steps = []
+        for key in self.storage.list(f"{CKPT_DIR}/"):
+            match = _STEP_DIR.match(key)
+            if match:
+                steps.append(int(match.group(1)[len("step-") :]))
+        return sorted(steps)
+
+    def candidates(self) -> list[int]:
+        """Complete checkpoints, newest first (the pointer's target included even if listing lags)."""
+        steps = set(self.complete_steps())
+        try:
+            steps.add(int(json.loads(self.storage.get(LATEST))["step"]))
+        except StorageError:
+            pass
+        except (ValueError, KeyError, TypeError):
+            log.warning("checkpoints: %s/%s is unreadable; scanning for checkpoints instead", self.uri, LATEST)
+        return sorted(steps, reverse=True)
+
+    def fetch(self, step: int) -> tuple[CheckpointMeta, Path]:
+        """Download and verify one checkpoint; CheckpointError if it is missing or corrupt."""
+        prefix = f"{CKPT_DIR}/{step_dir(step)}"
+        try:
+            raw = json.loads(self.storage.get(f"{prefix}/{META}"))
+            meta = CheckpointMeta(**raw)
+        except StorageError as exc:
+            raise CheckpointError(str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.uri}/{prefix}/{META} is malformed ({exc})") from None
+        local = self.staging / "restore" / step_dir(step) / WEIGHTS
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            local.write_bytes(self.storage.get(f"{prefix}/{WEIGHTS}"))
+        except StorageError as exc:
+            raise CheckpointError(str(exc)) from None
+        size = local.stat().st_size
+        if size != meta.size:
+            raise CheckpointError(f"{self.uri}/{prefix}/{WEIGHTS} is truncated ({size} of {meta.size} bytes)")
+        if sha256_file(local) != meta.sha256:
+            raise CheckpointError(f"{self.uri}/{prefix}/{WEIGHTS} is corrupt (sha256 mismatch)")
+        return meta, local
+
+    def restore(self, apply: Callable[[CheckpointMeta, Path], None]) -> CheckpointMeta | None:
+        """Apply the newest usable checkpoint; None when there is none. Corrupt ones are reported and skipped."""
+        for step in self.candidates():
+            try:
+                meta, path = self.fetch(step)
+                apply(meta, path)
+            except ConvitError as exc:
+                log.warning("checkpoints: skipping step %d: %s; trying the previous one", step, exc)
+                continue
+            finally:
+                shutil.rmtree(self.staging / "restore", ignore_errors=True)
+            return meta
+        return None

@@ -1,0 +1,252 @@
+"""The trainer: resume, train with progress lines, validate, checkpoint, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from convit.cluster import contract
+from convit.jobspec import JobSpec, job_values
+from convit.train.checkpoints import CheckpointMeta, CheckpointStore
+from convit.train.evaluate import evaluate
+from convit.train.progress import Progress
+from convit.train.runtime import AllReduceSum, Runtime
+from convit.train.schedule import lr_schedule
+from convit.train.step import build_optimizer, build_train_step, loss_of
+
+log = logging.getLogger("convit.train")
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps, so a step is never cut in half."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal = signum
+
+
+class Trainer:
+    def __init__(self, spec: JobSpec, runtime: Runtime, *, resume_uri: str = "") -> None:
+        import mindspore as ms
+
+        from convit.data import build_train_loader, build_val_loader
+        from convit.models import create_model, count_params
+
+        self.spec = spec
+        self.runtime = runtime
+        self.progress = Progress(spec.logging.format, enabled=runtime.is_main)
+        self.stop = StopRequest()
+        self.reduce = AllReduceSum(runtime)
+        self.resume_uri = resume_uri
+
+        ms.set_seed(spec.train.seed)  # identical initial weights on every rank: nothing is broadcast
+        np.random.seed(spec.train.seed)
+        self.model = create_model(
+            spec.model.name, num_classes=spec.model.num_classes, drop_path_rate=spec.model.drop_path_rate
+        )
+        self.train_loader = build_train_loader(spec, runtime.rank, runtime.world_size)
+        self.val_loader = build_val_loader(spec, runtime.rank, runtime.world_size)
+        self.steps_per_epoch = int(self.train_loader.steps_per_epoch)
+        self.total_steps = spec.train.epochs * self.steps_per_epoch
+        if spec.train.max_steps:
+            self.total_steps = min(self.total_steps, spec.train.max_steps)
+        self.lrs = lr_schedule(spec.train, self.steps_per_epoch)
+        self.optimizer = build_optimizer(self.model, spec, self.lrs)
+        self.train_step = build_train_step(self.model, self.optimizer, spec, runtime.device)
+        staging = Path(os.environ.get(contract.ENV_CACHE_DIR, "/tmp/convit-cache")) / spec.name / f"rank-{runtime.rank}"
+        self.checkpoints = CheckpointStore(
+            spec.checkpoint.uri, staging, spec.checkpoint.keep_last, spec.checkpoint.keep_best
+        )
+        self.params = count_params(self.model)
+        self.global_step = 0
+        self.epoch = 0
+        self.epoch_step = 0
+        self.last_top1: float | None = None
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def _state_params(self) -> list[Any]:
+        """Everything a bit-exact resume needs from MindSpore: weights, AdamW moments, the optimizer's step."""
+        return list(self.train_step.parameters_dict().values())
+
+    def _write_checkpoint(self, path: Path) -> None:
+        import mindspore as ms
+
+        seen: set[str] = set()
+        params = []
+        for param in self._state_params():
+            if param.name not in seen:
+                seen.add(param.name)
+                params.append({"name": param.name, "data": param})
+        rng = ms.get_rng_state()
+        params.append({"name": "convit.rng_state", "data": rng})
+        ms.save_checkpoint(params, str(path))
+
+    def _apply_checkpoint(self, meta: CheckpointMeta, path: Path) -> None:
+        import mindspore as ms
+
+        from convit.train.checkpoints import CheckpointError
+
+        if meta.model != self.spec.model.name:
+            raise CheckpointError(f"it holds {meta.model}, not {self.spec.model.name}")
+        try:
+            values = ms.load_checkpoint(str(path))
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"MindSpore cannot read it ({str(exc).splitlines()[0][:200]})") from None
+        rng = values.pop("convit.rng_state", None)
+        own = self.train_step.parameters_dict()
+        missing = sorted(set(own) - set(values))
+        mismatched = [k for k in own if k in values and tuple(values[k].shape) != tuple(own[k].shape)]
+        if missing or mismatched:
+            what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
+            raise CheckpointError(f"it does not fit this model ({what})")
+        ms.load_param_into_net(self.train_step, values, strict_load=True)
+        if rng is not None:
+            ms.set_rng_state(rng)
+        self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
+
+    def resume(self) -> CheckpointMeta | None:
+        store = self.checkpoints
+        if self.resume_uri:
+            store = CheckpointStore(self.resume_uri, store.staging / "resume")
+        meta = store.restore(self._apply_checkpoint)
+        if meta is None and self.resume_uri:
+            from convit.train.checkpoints import CheckpointError
+
+            raise CheckpointError(f"no usable checkpoint under {self.resume_uri}")
+        if meta is None and self.spec.model.pretrained:
+            self._load_pretrained(self.spec.model.pretrained)
+        return meta
+
+    def _load_pretrained(self, uri: str) -> None:
+        """Fine-tuning start: weights only (MindCV or our own checkpoint), optimizer state fresh."""
+        import mindspore as ms
+
+        from convit.models import load_weights
+        from convit.storage.base import open_storage
+
+        parent, _, key = uri.rpartition("/")
+        local = self.checkpoints.staging / "pretrained.ckpt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(open_storage(parent).get(key))
+        values = ms.load_checkpoint(str(local))
+        values.pop("convit.rng_state", None)
+        load_weights(self.model, values, strict=True)
+        self.progress.info(f"loaded pretrained weights from {uri}")
+
+    def save(self, reason: str, *, background: bool = True) -> None:
+        if not self.runtime.is_main:
+            return
+        started = time.monotonic()
+        meta = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "model": self.spec.model.name,
+            "top1": self.last_top1,
+            "reason": reason,
+            "recipe": job_values(self.spec),
+        }
+        self.checkpoints.save(self._write_checkpoint, meta, background=background)
+        uri = f"{self.spec.checkpoint.uri}/checkpoints/step-{self.global_step:09d}"
+        self.progress.checkpoint(step=self.global_step, uri=uri, seconds=time.monotonic() - started, reason=reason)
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        started = time.monotonic()
+        top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
+        self.last_top1 = top1
+        self.progress.validation(
+            epoch=self.epoch, step=self.global_step, top1=top1, top5=top5, samples=samples,
+            seconds=time.monotonic() - started,
+        )  # fmt: skip
+
+    def _should_stop(self) -> bool:
+        """All ranks agree to stop at the same step, or the collectives of the next step would hang."""
+        local = 1.0 if self.stop.signal is not None else 0.0
+        if not self.runtime.distributed:
+            return local > 0
+        return self.reduce([local])[0] > 0
+
+    def run(self) -> int:
+        import mindspore as ms
+
+        self.stop.install()
+        resumed = self.resume()
+        spec, rt = self.spec, self.runtime
+        global_batch = spec.train.batch_size * rt.world_size
+        self.progress.start(
+            model=spec.model.name, params=self.params, world_size=rt.world_size, device=rt.device,
+            batch_per_card=spec.train.batch_size, global_batch=global_batch,
+            train_samples=self.train_loader.num_samples, val_samples=self.val_loader.num_samples,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+            resume=(f"step {resumed.step} (epoch {resumed.epoch}, step {resumed.epoch_step} of it)"
+                    if resumed else "none"),
+        )  # fmt: skip
+        if self.global_step >= self.total_steps:
+            self.progress.done(step=self.global_step, reason="already complete")
+            return 0
+        interval = spec.logging.interval_steps
+        window_start, window_steps = time.monotonic(), 0
+        step_times: list[float] = []
+        while self.global_step < self.total_steps:
+            epoch = self.epoch
+            for images, targets in self.train_loader.epoch(epoch, self.epoch_step):
+                tick = time.monotonic()
+                output = self.train_step(ms.Tensor(images), ms.Tensor(targets))
+                self.global_step += 1
+                self.epoch_step += 1
+                window_steps += 1
+                if self.global_step % interval == 0 or self.global_step == self.total_steps:
+                    loss = loss_of(output)  # the only host sync of a step
+                    if not np.isfinite(loss):
+                        log.error("loss is %s at step %d; stopping", loss, self.global_step)
+                        return 3
+                    now = time.monotonic()
+                    step_time = (now - window_start) / window_steps
+                    step_times.append(step_time)
+                    self.progress.step(
+                        epoch=epoch + 1, epochs=spec.train.epochs, step=self.global_step, steps=self.total_steps,
+                        loss=loss, lr=float(self.lrs[min(self.global_step, len(self.lrs)) - 1]),
+                        images_per_s=global_batch / step_time, step_time=step_time,
+                        eta_s=step_time * (self.total_steps - self.global_step),
+                    )  # fmt: skip
+                    window_start, window_steps = now, 0
+                del tick
+                if self.epoch_step == self.steps_per_epoch:
+                    self.epoch, self.epoch_step = epoch + 1, 0
+                every = spec.checkpoint.interval_steps
+                if every and self.global_step % every == 0 and self.epoch_step != 0:
+                    self.save("interval")
+                if self._should_stop():
+                    self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)
+                    self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
+                    self.train_loader.close()
+                    return 0
+                if self.global_step >= self.total_steps:
+                    break
+            if self.epoch_step == 0:  # an epoch just ended
+                every_epochs = spec.eval.interval_epochs
+                last = self.global_step >= self.total_steps
+                if last or (every_epochs and self.epoch % every_epochs == 0):
+                    self.validate()
+                self.save("epoch")
+            elif self.global_step >= self.total_steps:  # max_steps inside an epoch
+                self.validate()
+                self.save("final")
+        self.checkpoints.wait()
+        self.train_loader.close()
+        self.progress.done(step=self.global_step, reason="finished")
+        return 0

@@ -1,0 +1,77 @@
+"""Progress lines for `kubectl logs`: one flushed line per event, as text for people or JSON for machines.
+
+Only rank 0 prints progress; other ranks print warnings and errors only (see `Progress.enabled`).
+The text form is parsed back by `launcher status` (launcher/progress.py): keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+class Progress:
+    def __init__(self, fmt: str, enabled: bool, stream: TextIO | None = None) -> None:
+        self.fmt = fmt
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+
+    def _emit(self, event: str, text: str, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.fmt == "json":
+            line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, sort_keys=False)
+        else:
+            line = text
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("info", message, {"message": message, **fields})
+
+    def start(self, **facts: Any) -> None:
+        text = "start " + " ".join(f"{key}={value}" for key, value in facts.items())
+        self._emit("start", text, facts)
+
+    def step(
+        self, *, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
+        images_per_s: float, step_time: float, eta_s: float,
+    ) -> None:  # fmt: skip
+        text = (
+            f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.2e} "
+            f"img/s {images_per_s:.1f} s/step {step_time:.3f} eta {format_duration(eta_s)}"
+        )
+        fields = {
+            "epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": round(loss, 6),
+            "lr": lr, "images_per_s": round(images_per_s, 2), "step_time": round(step_time, 4),
+            "eta_s": round(eta_s, 1),
+        }  # fmt: skip
+        self._emit("progress", text, fields)
+
+    def validation(self, *, epoch: int, step: int, top1: float, top5: float, samples: int, seconds: float) -> None:
+        text = f"validation epoch {epoch} step {step} top1 {top1:.2f} top5 {top5:.2f} samples {samples} ({seconds:.1f}s)"
+        self._emit(
+            "validation",
+            text,
+            {"epoch": epoch, "step": step, "top1": top1, "top5": top5, "samples": samples, "seconds": seconds},
+        )
+
+    def checkpoint(self, *, step: int, uri: str, seconds: float, reason: str) -> None:
+        text = f"checkpoint step {step} saved to {uri} ({reason}, {seconds:.1f}s)"
+        self._emit("checkpoint", text, {"step": step, "uri": uri, "seconds": seconds, "reason": reason})
+
+    def done(self, *, step: int, reason: str) -> None:
+        self._emit("done", f"done step {step} ({reason})", {"step": step, "reason": reason})

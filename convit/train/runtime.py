@@ -1,0 +1,81 @@
+"""The process's place in the cluster: device, graph mode, and the data-parallel group."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from convit.cluster import contract
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def cluster_world_size() -> int:
+    """World size promised by the environment (1 outside a MindSpore cluster)."""
+    if os.environ.get(contract.ENV_ROLE) != "MS_WORKER":
+        return 1
+    return int(os.environ.get(contract.ENV_WORLD, "1"))
+
+
+def init_runtime(device: str | None, pynative: bool = False) -> Runtime:
+    """Set the MindSpore context and join the data-parallel group when MS_* variables say so."""
+    import mindspore as ms
+
+    device = device or os.environ.get(contract.ENV_DEVICE) or "CPU"
+    local_rank = int(os.environ.get("DEVICE_ID", "0"))
+    ms.set_context(mode=ms.PYNATIVE_MODE if pynative else ms.GRAPH_MODE)
+    if device == "Ascend":
+        ms.set_device("Ascend", local_rank)
+    else:
+        ms.set_device("CPU")
+    if cluster_world_size() > 1:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()  # HCCL on Ascend, MindSpore's mccl over TCP on the CPU
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+        return Runtime(rank=get_rank(), world_size=get_group_size(), local_rank=local_rank, device=device)
+    return Runtime(rank=0, world_size=1, local_rank=local_rank, device=device)
+
+
+class AllReduceSum:
+    """Sum a small float vector over all ranks (stop agreement, validation counts)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._op: Any = None
+
+    def __call__(self, values: list[float]) -> list[float]:
+        if not self.runtime.distributed:
+            return list(values)
+        import mindspore as ms
+        import numpy as np
+        from mindspore import nn, ops
+
+        if self._op is None:
+
+            class _Sum(nn.Cell):  # type: ignore[misc]
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.reduce = ops.AllReduce()
+
+                def construct(self, x: Any) -> Any:
+                    return self.reduce(x)
+
+            self._op = _Sum()
+        out = self._op(ms.Tensor(np.asarray(values, dtype=np.float32)))
+        return [float(v) for v in out.asnumpy()]

@@ -1,0 +1,23 @@
+"""Per-step learning rate: linear warmup from 0, then cosine decay to min_lr (MindCV's warmup_cosine_decay)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convit.jobspec.schema import TrainSpec
+
+
+def lr_schedule(train: TrainSpec, steps_per_epoch: int) -> np.ndarray:
+    """One float32 LR per global step of the whole recipe (epochs x steps_per_epoch)."""
+    total = train.epochs * steps_per_epoch
+    warmup = train.warmup_epochs * steps_per_epoch
+    lrs = np.empty(total, dtype=np.float32)
+    for step in range(total):
+        if step < warmup:
+            lrs[step] = train.lr * step / warmup
+        else:
+            progress = (step - warmup) / max(1, total - warmup)
+            lrs[step] = train.min_lr + 0.5 * (train.lr - train.min_lr) * (1.0 + math.cos(math.pi * progress))
+    return lrs
