@@ -87,3 +87,15 @@ def test_apply_failure_is_reported_and_skipped(uri: str, tmp_path: Path, caplog:
 
 def test_no_checkpoint_gives_none(uri: str, tmp_path: Path) -> None:
     assert CheckpointStore(uri, tmp_path / "stage").restore(lambda m, p: None) is None
+
+
+def test_refuses_to_start_over_when_no_checkpoint_is_usable(uri: str, tmp_path: Path) -> None:
+    store = CheckpointStore(uri, tmp_path / "stage")
+    store.save(_writer(b"one"), _meta(1), background=False)
+
+    def apply(meta: CheckpointMeta, path: Path) -> None:
+        raise CheckpointError("it holds convit_base, not convit_tiny")
+
+    with pytest.raises(CheckpointError, match="none is usable.*refusing to start over"):
+        store.restore(apply)
+    assert store.complete_steps() == [1]  # nothing deleted

@@ -210,15 +210,27 @@ class CheckpointStore:
         return meta, local
 
     def restore(self, apply: Callable[[CheckpointMeta, Path], None]) -> CheckpointMeta | None:
-        """Apply the newest usable checkpoint; None when there is none. Corrupt ones are reported and skipped."""
-        for step in self.candidates():
+        """Apply the newest usable checkpoint; None when there is none. Corrupt ones are reported and skipped.
+
+        When checkpoints exist but none is usable, raise rather than start from scratch: a fresh start would
+        soon prune those checkpoints, and they may be all that is left of a long run.
+        """
+        candidates = self.candidates()
+        last_error = ""
+        for step in candidates:
             try:
                 meta, path = self.fetch(step)
                 apply(meta, path)
             except ConvitError as exc:
                 log.warning("checkpoints: skipping step %d: %s; trying the previous one", step, exc)
+                last_error = str(exc)
                 continue
             finally:
                 shutil.rmtree(self.staging / "restore", ignore_errors=True)
             return meta
+        if candidates:
+            raise CheckpointError(
+                f"{len(candidates)} checkpoint(s) under {self.uri} but none is usable (last: {last_error}); "
+                "refusing to start over and overwrite them: fix them or use another checkpoint URI"
+            )
         return None

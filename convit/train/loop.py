@@ -22,6 +22,7 @@ from convit.train.schedule import lr_schedule
 from convit.train.step import build_optimizer, build_train_step, loss_of
 
 log = logging.getLogger("convit.train")
+_DERIVED = {"learning_rate"}  # optimizer state recomputed from the recipe, never restored
 
 
 class StopRequest:
@@ -78,8 +79,11 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------------------------------------
     def _state_params(self) -> list[Any]:
-        """Everything a bit-exact resume needs from MindSpore: weights, AdamW moments, the optimizer's step."""
-        return list(self.train_step.parameters_dict().values())
+        """Everything a bit-exact resume needs from MindSpore: weights, AdamW moments, the optimizer's step.
+
+        The LR table is left out: it is derived from the recipe, and a resumed job may extend the schedule.
+        """
+        return [p for name, p in self.train_step.parameters_dict().items() if name not in _DERIVED]
 
     def _write_checkpoint(self, path: Path) -> None:
         import mindspore as ms
@@ -106,13 +110,13 @@ class Trainer:
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"MindSpore cannot read it ({str(exc).splitlines()[0][:200]})") from None
         rng = values.pop("convit.rng_state", None)
-        own = self.train_step.parameters_dict()
+        own = {name: p for name, p in self.train_step.parameters_dict().items() if name not in _DERIVED}
         missing = sorted(set(own) - set(values))
         mismatched = [k for k in own if k in values and tuple(values[k].shape) != tuple(own[k].shape)]
         if missing or mismatched:
             what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
             raise CheckpointError(f"it does not fit this model ({what})")
-        ms.load_param_into_net(self.train_step, values, strict_load=True)
+        ms.load_param_into_net(self.train_step, {k: values[k] for k in own}, strict_load=True)
         if rng is not None:
             ms.set_rng_state(rng)
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step

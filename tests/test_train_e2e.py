@@ -1,0 +1,149 @@
+"""The trainer end to end on the CPU: two ranks of a real MindSpore cluster, data and checkpoints in a
+real S3 server process, validation, checkpoints, SIGKILL and exact resume, SIGTERM, a learnable task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.s3server import SECRET_KEY
+from tests.support.trainrun import REPO, SMALL_RUN, PodRun, free_port, pod_env, run_pod
+
+pytestmark = pytest.mark.slow
+
+
+def _make_sample(dst: str, classes: int, per_class: int, val_per_class: int) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "convit.data", "make-sample", "--dst", dst, "--classes", str(classes),
+         "--per-class", str(per_class), "--val-per-class", str(val_per_class)],
+        check=True, cwd=REPO, capture_output=True,
+    )  # fmt: skip
+
+
+def _weights(uri_root: Path | str, step: int) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    from convit.storage import open_storage
+
+    data = open_storage(str(uri_root)).get(f"checkpoints/step-{step:09d}/weights.ckpt")
+    path = Path(f"/tmp/convit-test-{step}-{abs(hash(str(uri_root)))}.ckpt")
+    path.write_bytes(data)
+    try:
+        return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+    finally:
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
+def s3_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A generated ImageNet-format sample in a bucket of the real S3 server: 4 classes, 12 + 2 images each."""
+    import boto3
+
+    from tests.support.s3server import s3_env
+
+    env = s3_env(s3_endpoint)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
+    client.create_bucket(Bucket="e2e")
+    import os
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        _make_sample("s3://e2e/sample", classes=4, per_class=12, val_per_class=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {**env, "CONVIT_S3_RETRY_SECONDS": "30"}
+
+
+def _args(ckpt: str, *extra: str) -> list[str]:
+    sets = [*SMALL_RUN, "data.uri=s3://e2e/sample", "data.layout=imagefolder", f"checkpoint.uri={ckpt}",
+            "model.drop_path_rate=0.1", *extra]  # fmt: skip
+    return ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
+
+
+def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
+    s3_sample: dict[str, str], tmp_path: Path
+) -> None:
+    # 48 images / (4 per card x 2 ranks) = 6 steps per epoch; run 9 steps (into epoch 2), checkpoint every 2.
+    straight, resumed = "s3://e2e/ckpt-straight", "s3://e2e/ckpt-resumed"
+    common = ("train.max_steps=9", "checkpoint.interval_steps=2")
+
+    code, log = run_pod(_args(straight, *common), tmp_path, "straight", extra_env=s3_sample)
+    assert code == 0, log[-4000:]
+    assert "world_size=2" in log and "global_batch=8" in log
+    assert "step 9/9" in log and "validation epoch 1 step 6" in log and "checkpoint step 9" in log
+    assert SECRET_KEY not in log
+
+    # Same job, killed with SIGKILL (no chance to save) right after the step-4 checkpoint is published.
+    pod = PodRun(_args(resumed, *common), pod_env(1, 2, 0, free_port(), s3_sample), tmp_path / "killed.log")
+    pod.wait_for("checkpoint step 4 ", timeout=400)
+    from convit.storage import open_storage
+
+    import os
+
+    os.environ.update(s3_sample)
+    store = open_storage(resumed)
+    import time
+
+    deadline = time.monotonic() + 60
+    while '"step": 4' not in (store.get("latest.json").decode() if store.exists("latest.json") else ""):
+        assert time.monotonic() < deadline, "step-4 checkpoint was never published"
+        time.sleep(0.2)
+    pod.kill_group()
+    pod.wait(30)
+
+    code, log = run_pod(_args(resumed, *common), tmp_path, "resume", extra_env=s3_sample)
+    assert code == 0, log[-4000:]
+    assert "resume=step " in log and "step 9/9" in log
+    resumed_from = int(log.split("resume=step ")[1].split()[0])
+    assert resumed_from >= 4
+
+    a, b = _weights(straight, 9), _weights(resumed, 9)
+    assert a.keys() == b.keys() and len(a) > 194
+    different = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not different, f"resumed run differs from the straight run in {different[:5]}"
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(s3_sample: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import signal
+
+    ckpt = "s3://e2e/ckpt-sigterm"
+    pod = PodRun(_args(ckpt, "train.max_steps=40"), pod_env(1, 2, 0, free_port(), s3_sample), tmp_path / "t.log")
+    pod.wait_for("step 3/", timeout=400)
+    os.kill(pod.proc.pid, signal.SIGTERM)  # kubelet signals the container's main process: the supervisor
+    assert pod.wait(120) == 0, pod.text()[-3000:]
+    text = pod.text()
+    assert "stopped by signal, checkpoint saved" in text
+    os.environ.update(s3_sample)
+    from convit.storage import open_storage
+
+    latest = json.loads(open_storage(ckpt).get("latest.json"))
+    assert 3 <= latest["step"] < 40
+
+
+def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
+    data = f"file://{tmp_path}/data"
+    _make_sample(data, classes=4, per_class=16, val_per_class=4)
+    sets = ["train.batch_size=8", "train.epochs=6", "train.warmup_epochs=1", "train.lr=1e-3",
+            "train.label_smoothing=0.0", "augment.mixup=0.0", "augment.cutmix=0.0", "augment.re_prob=0.0",
+            "augment.color_jitter=0.0", "augment.scale_min=0.5", "model.drop_path_rate=0.0", "data.workers=1",
+            "data.layout=imagefolder", f"data.uri={data}", f"checkpoint.uri=file://{tmp_path}/ckpt",
+            "logging.interval_steps=1", "logging.format=json"]  # fmt: skip
+    args = ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run([sys.executable, "-m", "convit.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env={**pod_env(1, 1, 0, 0), "MS_LOCAL_WORKER": ""})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    losses = [e["loss"] for e in events if e["event"] == "progress"]
+    assert len(losses) == 48
+    first, last = np.mean(losses[:6]), np.mean(losses[-6:])
+    assert last < 0.7 * first, f"loss did not fall: first epoch {first:.3f}, last epoch {last:.3f}"
+    assert any(e["event"] == "validation" for e in events)
