@@ -1,0 +1,204 @@
+"""ConViT (d'Ascoli et al., 2021) in MindSpore, with MindCV's parameter names.
+
+Blocks 0..9 use gated positional self-attention (GPSA); the class token joins before block 10, whose two
+blocks use plain multi-head self-attention. Variants differ only in width and heads: see the table at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from convit.errors import ConvitError
+from convit.models.layers import DropPath, Mlp, PatchEmbed, dense, trunc_normal
+from convit.models.registry import register_variant
+
+IMAGE_SIZE = 224
+PATCH_SIZE = 16
+
+
+def relative_indices(grid: int) -> np.ndarray:
+    """(1, N, N, 3) with entry [i, j] = (dx, dy, dx^2 + dy^2) between patches i and j of a grid x grid image."""
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    dx = cols[None, :] - cols[:, None]
+    dy = rows[None, :] - rows[:, None]
+    return np.stack([dx, dy, dx * dx + dy * dy], axis=-1)[None].astype(np.float32)
+
+
+class GPSA(nn.Cell):  # type: ignore[misc]
+    """Gated positional self-attention: a learned per-head mix of content and position attention."""
+
+    def __init__(self, dim: int, heads: int, grid: int, locality_strength: float = 1.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim**-0.5
+        self.q = dense(dim, dim, bias=False)
+        self.k = dense(dim, dim, bias=False)
+        self.v = dense(dim, dim, bias=False)
+        self.proj = dense(dim, dim)
+        self.pos_proj = dense(3, heads)
+        self.gating_param = Parameter(Tensor(np.ones(heads, np.float32)), name="gating_param")
+        self.rel_indices = Tensor(relative_indices(grid))  # constant: the grid is fixed at 14x14
+        self._local_init(locality_strength)
+
+    def _local_init(self, strength: float) -> None:
+        """Each head starts attending to one offset around its patch; v starts as the identity."""
+        dim = self.v.weight.shape[0]
+        self.v.weight.set_data(Tensor(np.eye(dim, dtype=np.float32)))
+        k = int(self.heads**0.5)
+        centre = (k - 1) / 2
+        weight = np.zeros((self.heads, 3), np.float32)
+        for h1 in range(k):
+            for h2 in range(k):
+                weight[h1 + k * h2] = (2 * (h2 - centre), 2 * (h1 - centre), -1)
+        self.pos_proj.weight.set_data(Tensor(weight * strength))
+        self.pos_proj.bias.set_data(Tensor(np.zeros(self.heads, np.float32)))
+
+    def _split(self, x: Tensor, b: int, n: int) -> Tensor:
+        return x.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q = self._split(self.q(x), b, n)
+        k = self._split(self.k(x), b, n)
+        v = self._split(self.v(x), b, n)
+        pos_score = ops.softmax(self.pos_proj(self.rel_indices).transpose(0, 3, 1, 2), axis=-1)
+        patch_score = ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * self.scale, axis=-1)
+        gate = ops.sigmoid(self.gating_param).reshape(1, -1, 1, 1)
+        attn = (1.0 - gate) * patch_score + gate * pos_score
+        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj(out)
+
+
+class MHSA(nn.Cell):  # type: ignore[misc]
+    """Plain multi-head self-attention (blocks after the class token joins)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim**-0.5
+        self.q = dense(dim, dim, bias=False)
+        self.k = dense(dim, dim, bias=False)
+        self.v = dense(dim, dim, bias=False)
+        self.proj = dense(dim, dim)
+
+    def _split(self, x: Tensor, b: int, n: int) -> Tensor:
+        return x.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q = self._split(self.q(x), b, n)
+        k = self._split(self.k(x), b, n)
+        v = self._split(self.v(x), b, n)
+        attn = ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * self.scale, axis=-1)
+        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj(out)
+
+
+class Block(nn.Cell):  # type: ignore[misc]
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, drop_path: float, use_gpsa: bool, grid: int,
+        eps: float, exact_gelu: bool, locality_strength: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.norm1 = nn.LayerNorm((dim,), epsilon=eps)
+        self.attn = GPSA(dim, heads, grid, locality_strength) if use_gpsa else MHSA(dim, heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm((dim,), epsilon=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), exact_gelu)
+
+    def construct(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConViT(nn.Cell):  # type: ignore[misc]
+    """ConViT for 224x224 images.
+
+    Args:
+        embed_dim, num_heads: the variant's width and heads (see the table at the end of this file).
+        depth: blocks; the last `depth - local_up_to_layer` use plain attention after the class token joins.
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 over the blocks.
+        layer_norm_eps, exact_gelu: 1e-7 and tanh-GELU match MindCV; 1e-6 and exact GELU match timm.
+    """
+
+    def __init__(
+        self, embed_dim: int, num_heads: int, num_classes: int = 1000, depth: int = 12, mlp_ratio: float = 4.0,
+        local_up_to_layer: int = 10, drop_path_rate: float = 0.1, locality_strength: float = 1.0,
+        layer_norm_eps: float = 1e-7, exact_gelu: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        grid = IMAGE_SIZE // PATCH_SIZE
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.local_up_to_layer = local_up_to_layer
+        self.patch_embed = PatchEmbed(embed_dim, PATCH_SIZE, 3, IMAGE_SIZE)
+        self.pos_embed = Parameter(trunc_normal((1, grid * grid, embed_dim)), name="pos_embed")
+        self.cls_token = Parameter(trunc_normal((1, 1, embed_dim)), name="cls_token")
+        rates = np.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.CellList(
+            [
+                Block(embed_dim, num_heads, mlp_ratio, rates[i], i < local_up_to_layer, grid,
+                      layer_norm_eps, exact_gelu, locality_strength)  # fmt: skip
+                for i in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm((embed_dim,), epsilon=layer_norm_eps)
+        self.classifier = dense(embed_dim, num_classes)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and hasattr(args[0], "shape"):
+            check_input_size(tuple(args[0].shape))
+        return super().__call__(*args, **kwargs)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normalised tokens (B, 197, D), class token first."""
+        x = self.patch_embed(x) + self.pos_embed
+        for i in range(self.local_up_to_layer):
+            x = self.blocks[i](x)
+        cls = ops.broadcast_to(self.cls_token, (x.shape[0], -1, -1))
+        x = ops.concat((cls, x), axis=1)
+        for i in range(self.local_up_to_layer, len(self.blocks)):
+            x = self.blocks[i](x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.classifier(x[:, 0])
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def check_input_size(shape: tuple[int, ...]) -> None:
+    """The relative-position table is built for a 14x14 grid: only (N, 3, 224, 224) fits."""
+    if len(shape) != 4 or tuple(shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise ConvitError(
+            f"ConViT takes images of shape (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {shape}: "
+            f"only {IMAGE_SIZE}x{IMAGE_SIZE} input is supported (the relative-position table is fixed)"
+        )
+
+
+def count_params(model: nn.Cell) -> int:
+    return int(sum(int(np.prod(p.shape)) for p in model.get_parameters()))
+
+
+def _build(**hparams: Any) -> ConViT:
+    return ConViT(**hparams)
+
+
+# Variants: depth 12, MLP ratio 4 and 16x16 patches for all; they differ in width and heads only.
+_VARIANT_TABLE = {
+    "convit_tiny": {"embed_dim": 192, "num_heads": 4},
+    "convit_tiny_plus": {"embed_dim": 256, "num_heads": 4},
+    "convit_small": {"embed_dim": 432, "num_heads": 9},
+    "convit_small_plus": {"embed_dim": 576, "num_heads": 9},
+    "convit_base": {"embed_dim": 768, "num_heads": 16},
+    "convit_base_plus": {"embed_dim": 1024, "num_heads": 16},
+}
+for _name, _hparams in _VARIANT_TABLE.items():
+    register_variant(_name, _build, **_hparams)
+

@@ -1,0 +1,89 @@
+"""Building blocks shared by the ConViT blocks: patch embedding, MLP, stochastic depth, initialisers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
+from mindspore.common.initializer import Constant, HeUniform, TruncatedNormal, initializer
+
+
+def trunc_normal(shape: tuple[int, ...], std: float = 0.02) -> Any:
+    return initializer(TruncatedNormal(std), shape, mstype.float32)
+
+
+def zeros(shape: tuple[int, ...]) -> Any:
+    return initializer(Constant(0.0), shape, mstype.float32)
+
+
+def dense(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
+    """Dense with the ConViT init: weights truncated normal (std 0.02), bias 0."""
+    return nn.Dense(
+        in_dim, out_dim, weight_init=trunc_normal((out_dim, in_dim)), bias_init="zeros", has_bias=bias
+    )
+
+
+class _ConvParams(nn.Cell):  # type: ignore[misc]
+    """Holds a 16x16 conv's weight and bias under the checkpoint names `proj.weight` and `proj.bias`."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int) -> None:
+        super().__init__()
+        # ConViT leaves the conv at the framework default: MindSpore Conv2d's HeUniform(sqrt(5)), drawn from
+        # MindSpore's seeded RNG so that every rank builds the same weights.
+        shape = (dim, in_chans, patch, patch)
+        self.weight = Parameter(initializer(HeUniform(math.sqrt(5)), shape, mstype.float32), name="weight")
+        self.bias = Parameter(zeros((dim,)), name="bias")
+
+
+class PatchEmbed(nn.Cell):  # type: ignore[misc]
+    """16x16/stride-16 patches as reshape + matmul.
+
+    MindSpore's CPU convolution falls back to a reference kernel that is ~100x slower than the same
+    arithmetic as one matmul; the parameters keep the conv's shape (D, 3, 16, 16) and checkpoint names.
+    """
+
+    def __init__(self, dim: int, patch: int = 16, in_chans: int = 3, img_size: int = 224) -> None:
+        super().__init__()
+        self.patch = patch
+        self.in_chans = in_chans
+        self.grid = img_size // patch
+        self.dim = dim
+        self.proj = _ConvParams(in_chans, dim, patch)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        g, p, c = self.grid, self.patch, self.in_chans
+        x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
+        w = self.proj.weight.reshape(self.dim, c * p * p)
+        return ops.matmul(x, w.T) + self.proj.bias
+
+
+class Mlp(nn.Cell):  # type: ignore[misc]
+    def __init__(self, dim: int, hidden: int, exact_gelu: bool) -> None:
+        super().__init__()
+        self.fc1 = dense(dim, hidden)
+        self.act = nn.GELU(approximate=not exact_gelu)
+        self.fc2 = dense(hidden, dim)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Cell):  # type: ignore[misc]
+    """Stochastic depth per sample.
+
+    The masks come from a graph-mode random kernel whose state lives in the process (on the CPU backend
+    mint.rand, which uses the restorable default generator, is not available), so a resumed run draws
+    fresh masks: bit-exact resume holds with drop_path_rate 0 (see docs/training.md)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.keep = 1.0 - rate
+
+    def construct(self, x: Tensor) -> Tensor:
+        if not self.training or self.keep >= 1.0:
+            return x
+        mask = ops.floor(self.keep + ops.rand((x.shape[0], 1, 1), dtype=x.dtype))
+        return x / self.keep * mask
