@@ -1,0 +1,57 @@
+"""`python -m convit.data make-sample|prepare`: build demo data sets and sharded copies of ImageFolder trees."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from convit.errors import ConvitError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convit.data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sample = sub.add_parser("make-sample", help="write a small generated ImageNet-format data set")
+    sample.add_argument("--dst", required=True, help="s3://bucket/prefix or file:///path")
+    sample.add_argument("--classes", type=int, default=10)
+    sample.add_argument("--per-class", type=int, default=20)
+    sample.add_argument("--val-per-class", type=int, default=5)
+    sample.add_argument("--seed", type=int, default=0)
+    prep = sub.add_parser("prepare", help="convert an ImageFolder tree into shards plus an index")
+    prep.add_argument("--src", required=True)
+    prep.add_argument("--dst", required=True)
+    prep.add_argument("--shard-size", default="256MB")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
+    prep.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from convit.storage import open_storage
+
+        if args.command == "make-sample":
+            for flag in ("classes", "per_class"):
+                if getattr(args, flag) <= 0:
+                    raise ConvitError(f"--{flag.replace('_', '-')} must be positive")
+            if args.val_per_class < 0:
+                raise ConvitError("--val-per-class must not be negative")
+            from convit.data.sample import make_sample
+
+            written = make_sample(open_storage(args.dst), args.classes, args.per_class, args.val_per_class, args.seed)
+            print(f"wrote {written} images ({args.classes} classes) to {args.dst}")
+        else:
+            from convit.data.prepare import parse_size, prepare
+
+            size = parse_size(args.shard_size)
+            src = open_storage(args.src)
+            src.check_root()
+            counts = prepare(src, open_storage(args.dst), size, args.seed, args.quiet)
+            print(f"prepared {args.dst}: " + ", ".join(f"{k} {v} samples" for k, v in counts.items()))
+    except ConvitError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
