@@ -16,6 +16,7 @@ import sys
 
 from convit.cluster import contract
 from convit.errors import ConvitError
+from convit.jobspec.load import JobSpecError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         from convit.train.loop import Trainer
 
         return Trainer(spec, runtime, resume_uri=args.resume).run()
+    except JobSpecError as exc:  # a bad job file: exit 2, which the Job's podFailurePolicy does not retry
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 2
     except ConvitError as exc:
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         return 1

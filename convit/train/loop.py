@@ -94,8 +94,6 @@ class Trainer:
             if param.name not in seen:
                 seen.add(param.name)
                 params.append({"name": param.name, "data": param})
-        rng = ms.get_rng_state()
-        params.append({"name": "convit.rng_state", "data": rng})
         ms.save_checkpoint(params, str(path))
 
     def _apply_checkpoint(self, meta: CheckpointMeta, path: Path) -> None:
@@ -109,7 +107,6 @@ class Trainer:
             values = ms.load_checkpoint(str(path))
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"MindSpore cannot read it ({str(exc).splitlines()[0][:200]})") from None
-        rng = values.pop("convit.rng_state", None)
         own = {name: p for name, p in self.train_step.parameters_dict().items() if name not in _DERIVED}
         missing = sorted(set(own) - set(values))
         mismatched = [k for k in own if k in values and tuple(values[k].shape) != tuple(own[k].shape)]
@@ -117,8 +114,6 @@ class Trainer:
             what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
             raise CheckpointError(f"it does not fit this model ({what})")
         ms.load_param_into_net(self.train_step, {k: values[k] for k in own}, strict_load=True)
-        if rng is not None:
-            ms.set_rng_state(rng)
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
 
     def resume(self) -> CheckpointMeta | None:
@@ -146,7 +141,6 @@ class Trainer:
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(open_storage(parent).get(key))
         values = ms.load_checkpoint(str(local))
-        values.pop("convit.rng_state", None)
         load_weights(self.model, values, strict=True)
         self.progress.info(f"loaded pretrained weights from {uri}")
 
@@ -173,7 +167,7 @@ class Trainer:
         top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
         self.last_top1 = top1
         self.progress.validation(
-            epoch=self.epoch, step=self.global_step, top1=top1, top5=top5, samples=samples,
+            epoch=self.epoch + (1 if self.epoch_step else 0), step=self.global_step, top1=top1, top5=top5, samples=samples,
             seconds=time.monotonic() - started,
         )  # fmt: skip
 
@@ -232,7 +226,8 @@ class Trainer:
                 if self.epoch_step == self.steps_per_epoch:
                     self.epoch, self.epoch_step = epoch + 1, 0
                 every = spec.checkpoint.interval_steps
-                if every and self.global_step % every == 0 and self.epoch_step != 0:
+                final = self.global_step >= self.total_steps  # the final checkpoint follows below
+                if every and self.global_step % every == 0 and self.epoch_step != 0 and not final:
                     self.save("interval")
                 if self._should_stop():
                     self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)

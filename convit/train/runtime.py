@@ -27,7 +27,7 @@ class Runtime:
 
 def cluster_world_size() -> int:
     """World size promised by the environment (1 outside a MindSpore cluster)."""
-    if os.environ.get(contract.ENV_ROLE) != "MS_WORKER":
+    if os.environ.get(contract.ENV_ROLE) not in ("MS_WORKER", "MS_SCHED"):
         return 1
     return int(os.environ.get(contract.ENV_WORLD, "1"))
 

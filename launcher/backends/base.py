@@ -1,0 +1,62 @@
+"""The backend interface: the Kubernetes and the local backend have identical signatures."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from convit.jobspec import JobSpec
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    index: int
+    name: str
+    phase: str
+    restarts: int = 0
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    namespace: str
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    pods: list[PodStatus] = field(default_factory=list)
+    latest_progress: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed", "Stopped")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    name: str
+    namespace: str
+    phase: str
+    kind: str
+    model: str = ""
+
+
+class Backend(abc.ABC):
+    namespace: str
+
+    @abc.abstractmethod
+    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
+        """Create the job's objects; returns the job name."""
+
+    @abc.abstractmethod
+    def status(self, name: str) -> JobStatus: ...
+
+    @abc.abstractmethod
+    def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
+        """Lines of pod `rank` (None: every pod, each line prefixed with `[pod-i]`)."""
+
+    @abc.abstractmethod
+    def list(self) -> list[JobSummary]: ...
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> list[str]:
+        """Delete the job and what it created; returns what was deleted, as `Kind/name`."""

@@ -1,0 +1,339 @@
+"""The Kubernetes backend: the official client, the objects of launcher/render, errors as one line each."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from convit.jobspec import JobSpec
+from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
+from launcher.errors import LauncherError
+from launcher.progress import latest_progress
+from launcher.render import render_objects
+from launcher.render.common import APP
+
+T = TypeVar("T")
+CONTAINER = "ascend"
+# (group, version, plural) of the custom workloads
+VOLCANO = ("batch.volcano.sh", "v1alpha1", "jobs")
+ASCEND = ("mindxdl.gitee.com", "v1", "ascendjobs")
+INDEX_ANNOTATIONS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
+
+
+class KubernetesBackend(Backend):
+    def __init__(self, namespace: str = "default", context: str | None = None, request_timeout: float = 15) -> None:
+        from kubernetes import client, config
+
+        self.namespace = namespace
+        self.timeout = request_timeout
+        try:
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+                config.load_incluster_config()
+            else:
+                config.load_kube_config(context=context)
+        except config.ConfigException as exc:
+            raise LauncherError(
+                f"no usable kubeconfig ({str(exc).splitlines()[0]}): set KUBECONFIG or run inside a cluster"
+            ) from None
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = 1
+        self.host = configuration.host
+        api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    # ---- errors --------------------------------------------------------------------------------------------
+    def _call(self, action: str, what: str, fn: Callable[[], T]) -> T:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn()
+        except ApiException as exc:
+            reason = _api_message(exc)
+            where = f"{what} in namespace {self.namespace!r}"
+            if exc.status == 403:
+                raise LauncherError(f"forbidden: cannot {action} {where}: {reason}") from None
+            if exc.status == 404:
+                raise _NotFound(f"{where}: not found ({reason})") from None
+            if exc.status == 409:
+                raise _Conflict(f"{where} already exists") from None
+            raise LauncherError(f"cannot {action} {where}: {exc.status} {reason}") from None
+        except HTTPError as exc:
+            raise LauncherError(
+                f"cannot reach the Kubernetes API server at {self.host}: {type(exc).__name__}"
+            ) from None
+
+    # ---- submit --------------------------------------------------------------------------------------------
+    def _create(self, obj: dict[str, Any], dry_run: bool) -> None:
+        kind, ns = obj["kind"], self.namespace
+        extra = {"dry_run": "All"} if dry_run else {}
+        opts = {"_request_timeout": self.timeout, **extra}
+        what = f"{kind} {obj['metadata']['name']!r}"
+        if kind == "ConfigMap":
+            self._call("create", what, lambda: self.core.create_namespaced_config_map(ns, obj, **opts))
+        elif kind == "Service":
+            self._call("create", what, lambda: self.core.create_namespaced_service(ns, obj, **opts))
+        elif obj["apiVersion"] == "batch/v1":
+            self._call("create", what, lambda: self.batch.create_namespaced_job(ns, obj, **opts))
+        else:
+            group, version, plural = VOLCANO if kind == "Job" else ASCEND
+            self._call("create", what, lambda: self.custom.create_namespaced_custom_object(
+                group, version, ns, plural, obj, **opts))  # fmt: skip
+
+    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
+        self.namespace = spec.cluster.namespace
+        created: list[dict[str, Any]] = []
+        for obj in render_objects(spec):
+            try:
+                self._create(obj, dry_run)
+            except _Conflict:
+                if not dry_run:
+                    for done in reversed(created):  # leave nothing half-created behind
+                        self._delete_object(done["kind"], done["apiVersion"], done["metadata"]["name"])
+                raise LauncherError(
+                    f"job {self.namespace}/{spec.name} already exists ({obj['kind']} {obj['metadata']['name']}); "
+                    f"delete it first: python -m launcher delete {spec.name} -n {self.namespace}"
+                ) from None
+            created.append(obj)
+        return spec.name
+
+    # ---- finding a job -------------------------------------------------------------------------------------
+    def _workload(self, name: str) -> tuple[str, dict[str, Any]]:
+        """('job'|'volcano'|'ascendjob', object) of job `name`."""
+        try:
+            job = self._call("get", f"Job {name!r}", lambda: self.batch.read_namespaced_job(
+                name, self.namespace, _request_timeout=self.timeout))  # fmt: skip
+            return "job", self.batch.api_client.sanitize_for_serialization(job)
+        except _NotFound:
+            pass
+        for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
+            try:
+                obj = self._call("get", f"{plural} {name!r}", lambda g=group, v=version, p=plural:
+                                 self.custom.get_namespaced_custom_object(g, v, self.namespace, p, name,
+                                                                          _request_timeout=self.timeout))  # fmt: skip
+                return kind, obj
+            except _NotFound:
+                continue
+        raise LauncherError(f"job {self.namespace}/{name} not found")
+
+    def _pods(self, name: str) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=worker"
+        pods = self._call("list", f"pods of job {name!r}", lambda: self.core.list_namespaced_pod(
+            self.namespace, label_selector=selector, _request_timeout=self.timeout))  # fmt: skip
+        items: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(pods).get("items", [])
+        return items
+
+    def _phase(self, kind: str, obj: dict[str, Any]) -> str:
+        status = obj.get("status") or {}
+        if kind == "job":
+            for cond in status.get("conditions") or []:
+                if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+                    return "Succeeded"
+                if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
+                    return "Failed"
+            return "Running" if status.get("active") else "Pending"
+        if kind == "volcano":
+            phase = (status.get("state") or {}).get("phase", "Pending")
+            return {"Completed": "Succeeded", "Aborted": "Failed", "Terminated": "Failed"}.get(phase, phase)
+        conditions = status.get("conditions") or []
+        last = conditions[-1].get("type", "Pending") if conditions else "Pending"
+        return {"Succeeded": "Succeeded", "Failed": "Failed", "Running": "Running"}.get(last, "Pending")
+
+    # ---- status, logs ---------------------------------------------------------------------------------------
+    def status(self, name: str) -> JobStatus:
+        kind, obj = self._workload(name)
+        pods = [_pod_status(p) for p in self._pods(name)]
+        pods.sort(key=lambda p: (p.index, p.name))
+        progress = None
+        rank0 = [p for p in pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")]
+        if rank0:
+            try:
+                text = self._call("read logs of", f"pod {rank0[-1].name!r}", lambda: self.core.read_namespaced_pod_log(
+                    rank0[-1].name, self.namespace, container=CONTAINER, tail_lines=200,
+                    _request_timeout=self.timeout))  # fmt: skip
+                progress = latest_progress(str(text).splitlines())
+            except LauncherError:
+                progress = None
+        return JobStatus(name, self.namespace, self._phase(kind, obj), pods, progress)
+
+    def _current_pod(self, name: str, index: int) -> dict[str, Any] | None:
+        mine = [p for p in self._pods(name) if _pod_index(p) == index]
+        mine.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return mine[-1] if mine else None
+
+    def _follow_pod(self, name: str, index: int, follow: bool, prefix: str) -> Iterator[str]:
+        """Lines of pod `index`; with follow, across restarts (new pods or containers) until the job ends."""
+        seen: tuple[str, int] | None = None
+        while True:
+            pod = self._current_pod(name, index)
+            ready = pod is not None and pod["status"].get("phase") in ("Running", "Succeeded", "Failed")
+            key = (pod["metadata"]["name"], _restarts(pod)) if pod is not None else None
+            if ready and key != seen:
+                assert pod is not None and key is not None
+                seen = key
+                yield from (prefix + line for line in self._stream(pod["metadata"]["name"], follow))
+                if not follow:
+                    return
+            elif not follow:
+                if pod is None:
+                    raise LauncherError(f"job {self.namespace}/{name} has no pod {index} (yet)")
+                return
+            if self.status(name).finished and (pod is None or seen == key):
+                return
+            time.sleep(2)
+
+    def _stream(self, pod: str, follow: bool) -> Iterator[str]:
+        response = self._call("read logs of", f"pod {pod!r}", lambda: self.core.read_namespaced_pod_log(
+            pod, self.namespace, container=CONTAINER, follow=follow, _preload_content=False))  # fmt: skip
+        buffer = b""
+        try:
+            for chunk in response.stream(4096):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+            if buffer:
+                yield buffer.decode("utf-8", "replace")
+        finally:
+            response.release_conn()
+
+    def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
+        kind, obj = self._workload(name)
+        if rank is not None:
+            yield from self._follow_pod(name, rank, follow, "")
+            return
+        pods = _replicas(kind, obj)
+        lines: queue.Queue[str | None] = queue.Queue(maxsize=1000)
+
+        def pump(index: int) -> None:
+            try:
+                for line in self._follow_pod(name, index, follow, f"[pod-{index}] "):
+                    lines.put(line)
+            except LauncherError as exc:
+                lines.put(f"[pod-{index}] ERROR: {exc}")
+            finally:
+                lines.put(None)
+
+        for index in range(pods):
+            threading.Thread(target=pump, args=(index,), daemon=True).start()
+        running = pods
+        while running:
+            item = lines.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+
+    # ---- list, delete ---------------------------------------------------------------------------------------
+    def list(self) -> list[JobSummary]:
+        selector = f"app.kubernetes.io/name={APP}"
+        out: list[JobSummary] = []
+        jobs = self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
+            self.namespace, label_selector=selector, _request_timeout=self.timeout))  # fmt: skip
+        for job in self.batch.api_client.sanitize_for_serialization(jobs).get("items", []):
+            out.append(JobSummary(job["metadata"]["name"], self.namespace, self._phase("job", job), "Job"))
+        for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
+            try:
+                items = self._call("list", plural, lambda g=group, v=version, p=plural:
+                                   self.custom.list_namespaced_custom_object(g, v, self.namespace, p,
+                                                                             label_selector=selector,
+                                                                             _request_timeout=self.timeout))  # fmt: skip
+            except _NotFound:  # the CRD is not installed
+                continue
+            for obj in items.get("items", []):
+                out.append(JobSummary(obj["metadata"]["name"], self.namespace, self._phase(kind, obj), obj["kind"]))
+        return sorted(out, key=lambda j: j.name)
+
+    def _delete_object(self, kind: str, api_version: str, name: str) -> None:
+        ns, opts = self.namespace, {"propagation_policy": "Background", "_request_timeout": self.timeout}
+        what = f"{kind} {name!r}"
+        if kind == "ConfigMap":
+            self._call("delete", what, lambda: self.core.delete_namespaced_config_map(name, ns, **opts))
+        elif kind == "Service":
+            self._call("delete", what, lambda: self.core.delete_namespaced_service(name, ns, **opts))
+        elif api_version == "batch/v1":
+            self._call("delete", what, lambda: self.batch.delete_namespaced_job(name, ns, **opts))
+        else:
+            group, version, plural = VOLCANO if kind == "Job" else ASCEND
+            self._call("delete", what, lambda: self.custom.delete_namespaced_custom_object(
+                group, version, ns, plural, name, propagation_policy="Background",
+                _request_timeout=self.timeout))  # fmt: skip
+
+    def delete(self, name: str) -> list[str]:
+        kind, obj = self._workload(name)
+        deleted = []
+        self._delete_object(obj["kind"], obj["apiVersion"], name)
+        deleted.append(f"{obj['kind']}/{name}")
+        # The Service and ConfigMap this job created: only if they carry the job's instance label.
+        for other_kind, other_name, read in (
+            ("Service", name, self.core.read_namespaced_service),
+            ("ConfigMap", f"{name}-job", self.core.read_namespaced_config_map),
+        ):
+            try:
+                found = self._call("get", f"{other_kind} {other_name!r}", lambda r=read, n=other_name: r(
+                    n, self.namespace, _request_timeout=self.timeout))  # fmt: skip
+            except _NotFound:
+                continue
+            labels = (self.core.api_client.sanitize_for_serialization(found).get("metadata") or {}).get("labels") or {}
+            if labels.get("app.kubernetes.io/instance") == name and labels.get("app.kubernetes.io/name") == APP:
+                self._delete_object(other_kind, "v1", other_name)
+                deleted.append(f"{other_kind}/{other_name}")
+        return deleted
+
+
+class _NotFound(LauncherError):
+    pass
+
+
+class _Conflict(LauncherError):
+    pass
+
+
+def _api_message(exc: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message", exc.reason))
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount", 0)) for c in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _pod_index(pod: dict[str, Any]) -> int:
+    annotations = pod["metadata"].get("annotations") or {}
+    for key in INDEX_ANNOTATIONS:
+        if key in annotations:
+            return int(annotations[key])
+    labels = pod["metadata"].get("labels") or {}
+    for key in INDEX_ANNOTATIONS:
+        if key in labels:
+            return int(labels[key])
+    return -1
+
+
+def _pod_status(pod: dict[str, Any]) -> PodStatus:
+    return PodStatus(
+        index=_pod_index(pod),
+        name=pod["metadata"]["name"],
+        phase=(pod.get("status") or {}).get("phase", "Unknown"),
+        restarts=_restarts(pod),
+        node=(pod.get("spec") or {}).get("nodeName", "") or "",
+    )
+
+
+def _replicas(kind: str, obj: dict[str, Any]) -> int:
+    spec = obj.get("spec") or {}
+    if kind == "job":
+        return int(spec.get("completions") or 1)
+    if kind == "volcano":
+        return int(sum(t.get("replicas", 0) for t in spec.get("tasks", [])))
+    return int(((spec.get("replicaSpecs") or {}).get("Worker") or {}).get("replicas", 1))

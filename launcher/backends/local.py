@@ -1,0 +1,276 @@
+"""The local backend: the rendered pods become process groups on this machine, on the CPU.
+
+Each pod runs the container's own command and environment, taken from the rendered workload, with what
+Kubernetes would provide filled in locally: the pod index, 127.0.0.1 and a free port as the scheduler
+address, the job file, CPU as device, and S3 keys from this environment (never written anywhere).
+A detached supervisor (`python -m launcher.backends.local <state dir>`) starts the pods, restarts them all
+from their checkpoint when one fails (up to cluster.backoff_limit times, as the Job's restart policy does),
+forwards SIGTERM on delete, and records the job's state in `state.json`, so `status`, `logs -f`, `list`
+and `delete` work from any later launcher invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from convit.cluster import contract
+from convit.jobspec import JobSpec
+from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
+from launcher.errors import LauncherError
+from launcher.progress import latest_progress
+from launcher.render import render_objects
+from launcher.render.objects import COMPLETION_INDEX
+
+STATE = "state.json"
+
+
+def local_home() -> Path:
+    return Path(os.environ.get("CONVIT_LOCAL_HOME", str(Path.home() / ".convit" / "local")))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker pod template of the rendered workload, whatever the backend."""
+    workload = objects[-1]
+    spec = workload["spec"]
+    if workload["kind"] == "AscendJob":
+        return dict(spec["replicaSpecs"]["Worker"]["template"])
+    if workload["apiVersion"].startswith("batch.volcano.sh"):
+        return dict(spec["tasks"][0]["template"])
+    return dict(spec["template"])
+
+
+def pod_process(spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of pod `index`, as the rendered container has them, resolved locally."""
+    container = worker_template(objects)["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            secret = os.environ.get(item["name"])  # the local stand-in for the Secret
+            if secret is not None:
+                env[item["name"]] = secret
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == COMPLETION_INDEX:
+            env[item["name"]] = str(index)
+    c = spec.cluster
+    env.update({  # what the cluster (or the AscendJob operator) provides
+        contract.ENV_WORLD: str(c.world_size),
+        contract.ENV_LOCAL: str(c.npus_per_pod),
+        contract.ENV_NODE_RANK: str(index),
+        contract.ENV_SCHED_HOST: "127.0.0.1",
+        contract.ENV_SCHED_PORT: str(port),
+        contract.ENV_DEVICE: "CPU",
+        contract.ENV_CACHE_DIR: str(state_dir / "cache"),
+        "HOME": str(state_dir / "home"),
+    })  # fmt: skip
+    env.setdefault("GLOG_v", "3")
+    command = [sys.executable if part == "python" else part for part in container["command"]]
+    args = [str(state_dir / contract.JOB_FILE_NAME) if a == contract.JOB_FILE else a for a in container.get("args", [])]
+    return command + args, env
+
+
+class LocalBackend(Backend):
+    def __init__(self, namespace: str = "local") -> None:
+        self.namespace = namespace
+        self.home = local_home()
+
+    def _dir(self, name: str) -> Path:
+        return self.home / name
+
+    def _state(self, name: str) -> dict[str, Any]:
+        path = self._dir(name) / STATE
+        try:
+            return dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise LauncherError(f"local job {name!r} not found (in {self.home})") from None
+        except ValueError:
+            return {"phase": "Pending", "pods": []}
+
+    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
+        for what, uri in (("data.uri", spec.data.uri), ("checkpoint.uri", spec.checkpoint.uri)):
+            endpoint = spec.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if uri.startswith("s3://") and not endpoint:
+                raise LauncherError(
+                    f"local job {spec.name}: {what} is {uri} but no S3 endpoint is set; pass --data/--output "
+                    "file:///... or set AWS_ENDPOINT_URL_S3 (and the AWS keys) in the environment"
+                )
+        objects = render_objects(spec)
+        if dry_run:
+            return spec.name
+        state_dir = self._dir(spec.name)
+        if (state_dir / STATE).exists() and not self.status(spec.name).finished:
+            raise LauncherError(f"local job {spec.name} is still running; delete it first: "
+                                f"python -m launcher delete {spec.name} --local")  # fmt: skip
+        shutil.rmtree(state_dir, ignore_errors=True)
+        (state_dir / "home").mkdir(parents=True)
+        (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
+        (state_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+        (state_dir / STATE).write_text(json.dumps({"phase": "Pending", "pods": [], "model": spec.model.name}))
+        log = open(state_dir / "supervisor.log", "wb")
+        subprocess.Popen(
+            [sys.executable, "-m", "launcher.backends.local", str(state_dir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        return spec.name
+
+    def status(self, name: str) -> JobStatus:
+        state = self._state(name)
+        pods = [PodStatus(p["index"], f"{name}-{p['index']}", p["phase"], p.get("restarts", 0), "localhost")
+                for p in state.get("pods", [])]  # fmt: skip
+        log = self._dir(name) / "pod-0.log"
+        progress = latest_progress(_tail(log)) if log.exists() else None
+        return JobStatus(name, self.namespace, state.get("phase", "Pending"), pods, progress)
+
+    def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
+        self._state(name)
+        state_dir = self._dir(name)
+        indexes = [rank] if rank is not None else list(range(int(self._spec(name)["cluster"]["pods"])))
+        handles: dict[int, Any] = {}
+        pending = {i: "" for i in indexes}
+        while True:
+            done = self.status(name).finished
+            for i in indexes:
+                path = state_dir / f"pod-{i}.log"
+                if i not in handles and path.exists():
+                    handles[i] = open(path, encoding="utf-8", errors="replace")
+                if i in handles:
+                    pending[i] += handles[i].read()
+                    *lines, pending[i] = pending[i].split("\n")
+                    for line in lines:
+                        yield line if rank is not None else f"[pod-{i}] {line}"
+            if not follow or done:
+                for i, rest in pending.items():
+                    if rest:
+                        yield rest if rank is not None else f"[pod-{i}] {rest}"
+                for handle in handles.values():
+                    handle.close()
+                return
+            time.sleep(0.5)
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self._dir(name) / "spec.json").read_text()))
+
+    def list(self) -> list[JobSummary]:
+        out = []
+        if self.home.is_dir():
+            for path in sorted(self.home.iterdir()):
+                if (path / STATE).exists():
+                    state = self._state(path.name)
+                    out.append(JobSummary(path.name, self.namespace, state.get("phase", "?"), "local", state.get("model", "")))
+        return out
+
+    def delete(self, name: str) -> list[str]:
+        state = self._state(name)
+        pid = state.get("supervisor")
+        if pid and not self.status(name).finished:
+            try:
+                os.kill(int(pid), signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not self.status(name).finished:
+                time.sleep(0.5)
+            for pod in self._state(name).get("pods", []):
+                _kill_group(pod.get("pid"), signal.SIGKILL)
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+        return [f"local job {name} (processes, logs and state in {self._dir(name)})"]
+
+
+def _tail(path: Path, limit: int = 64 * 1024) -> list[str]:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - limit))
+        return handle.read().decode("utf-8", "replace").splitlines()
+
+
+def _kill_group(pid: Any, sig: int) -> None:
+    if pid:
+        try:
+            os.killpg(int(pid), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# ---- the detached supervisor ----------------------------------------------------------------------------------
+def supervise(state_dir: Path) -> int:
+    spec = JobSpec.model_validate(json.loads((state_dir / "spec.json").read_text()))
+    objects = render_objects(spec)
+    state: dict[str, Any] = {"phase": "Running", "pods": [], "supervisor": os.getpid(), "model": spec.model.name}
+    stop = {"signal": 0}
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def save() -> None:
+        tmp = state_dir / (STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_dir / STATE)
+
+    restarts = 0
+    while True:
+        port = _free_port()
+        procs = []
+        for index in range(spec.cluster.pods):
+            command, env = pod_process(spec, objects, index, state_dir, port)
+            log = open(state_dir / f"pod-{index}.log", "ab")
+            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
+        state["pods"] = [{"index": i, "pid": p.pid, "phase": "Running", "restarts": restarts} for i, p in enumerate(procs)]
+        save()
+        forwarded = False
+        while any(p.poll() is None for p in procs):
+            if stop["signal"] and not forwarded:
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)  # each pod supervisor forwards it to its workers
+                forwarded = True
+            failed = [p for p in procs if p.returncode not in (None, 0)]
+            if failed and not forwarded:  # one pod failed: stop the others, as a failed pod fails the job's ranks
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                forwarded = True
+            time.sleep(0.5)
+        codes = [p.returncode for p in procs]
+        for pod, code in zip(state["pods"], codes, strict=True):
+            pod["phase"] = "Succeeded" if code == 0 else "Failed"
+            pod["exit_code"] = code
+        if stop["signal"]:
+            state["phase"] = "Failed" if any(codes) else "Stopped"
+            save()
+            return 0
+        if not any(codes):
+            state["phase"] = "Succeeded"
+            save()
+            return 0
+        if restarts >= spec.cluster.backoff_limit or 2 in codes:  # exit 2: a bad job file, retrying cannot help
+            state["phase"] = "Failed"
+            save()
+            return 1
+        restarts += 1
+        for index in range(spec.cluster.pods):
+            with open(state_dir / f"pod-{index}.log", "a") as log:
+                log.write(f"--- pod {index} restarted ({restarts}/{spec.cluster.backoff_limit}) after exit codes {codes} ---\n")
+        save()
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1])))

@@ -1,0 +1,156 @@
+"""What every backend's pods share: labels, the training container, volumes and security settings.
+
+Objects are built as plain data (dicts), never by templating strings, so no user value can change a
+manifest's structure; charts/convit-train renders the same objects from the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convit import __version__
+from convit.cluster import contract
+from convit.jobspec import JobSpec
+
+APP = "convit-train"
+DRIVER_GID = 1000  # HwHiAiUser, the group that owns the Ascend devices on the hosts (CANN's default)
+RUN_AS_USER = 1000
+SHM_MOUNT = "/dev/shm"
+DRIVER_PATH = "/usr/local/Ascend/driver"
+Obj = dict[str, Any]
+
+
+def selector_labels(spec: JobSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": spec.name}
+
+
+def labels(spec: JobSpec, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(spec),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": APP,
+        "app.kubernetes.io/version": __version__,
+        "app.kubernetes.io/managed-by": "convit-launcher",
+    }
+
+
+def metadata(spec: JobSpec, name: str, component: str, extra_labels: dict[str, str] | None = None) -> Obj:
+    return {"name": name, "namespace": spec.cluster.namespace, "labels": {**labels(spec, component), **(extra_labels or {})}}
+
+
+def configmap_name(spec: JobSpec) -> str:
+    return f"{spec.name}-job"
+
+
+def env_value(name: str, value: str | int) -> Obj:
+    return {"name": name, "value": str(value)}
+
+
+def storage_env(spec: JobSpec) -> list[Obj]:
+    """S3 settings; the keys only as references to the job's Secret, never as values."""
+    env = [env_value("CONVIT_S3_ADDRESSING_STYLE", spec.storage.addressing_style)]
+    if spec.storage.endpoint:
+        env.append(env_value("AWS_ENDPOINT_URL_S3", spec.storage.endpoint))
+    if spec.storage.region:
+        env.append(env_value("AWS_REGION", spec.storage.region))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": spec.storage.secret, "key": key}}})
+    return env
+
+
+def cluster_env(spec: JobSpec, sched_host: str) -> list[Obj]:
+    """The MindSpore cluster variables of contract.py (the AscendJob operator injects its own)."""
+    c = spec.cluster
+    return [
+        env_value(contract.ENV_WORLD, c.world_size),
+        env_value(contract.ENV_LOCAL, c.npus_per_pod),
+        env_value(contract.ENV_SCHED_HOST, sched_host),
+        env_value(contract.ENV_SCHED_PORT, c.master_port),
+    ]
+
+
+def container(spec: JobSpec, env: list[Obj], npus: bool = True) -> Obj:
+    c = spec.cluster
+    resources: dict[str, str | int] = {"cpu": c.cpu, "memory": c.memory}
+    if npus:
+        resources[c.npu_resource] = c.npus_per_pod
+    base_env = [
+        env_value(contract.ENV_DEVICE, "Ascend"),
+        env_value(contract.ENV_TOPO_TIMEOUT, c.cluster_timeout),
+        env_value(contract.ENV_CACHE_DIR, contract.CACHE_DIR),
+        env_value("HOME", "/tmp"),
+        env_value("PYTHONUNBUFFERED", "1"),
+    ]
+    mounts = [
+        {"name": "job", "mountPath": contract.JOB_FILE_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": SHM_MOUNT},
+        {"name": "cache", "mountPath": contract.CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if npus:
+        mounts.append({"name": "ascend-driver", "mountPath": DRIVER_PATH, "readOnly": True})
+    return {
+        "name": contract.CONTAINER_NAME,
+        "image": c.image,
+        "imagePullPolicy": c.image_pull_policy,
+        "command": list(contract.TRAIN_COMMAND),
+        "args": ["--job", contract.JOB_FILE],
+        "env": [*env, *base_env, *storage_env(spec)],
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
+    vols: list[Obj] = [
+        {"name": "job", "configMap": {"name": configmap_name(spec)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.cluster.shm_size}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if npus:
+        vols.append({"name": "ascend-driver", "hostPath": {"path": DRIVER_PATH, "type": "Directory"}})
+    return vols
+
+
+def pod_spec(spec: JobSpec, env: list[Obj], *, npus: bool = True, subdomain: str | None = None) -> Obj:
+    c = spec.cluster
+    pod: Obj = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": c.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "supplementalGroups": [DRIVER_GID],
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container(spec, env, npus)],
+        "volumes": volumes(spec, npus),
+    }
+    if subdomain:
+        pod["subdomain"] = subdomain
+    if c.node_selector:
+        pod["nodeSelector"] = dict(c.node_selector)
+    if c.tolerations:
+        pod["tolerations"] = [
+            {k: v for k, v in t.model_dump().items() if v != ""} for t in c.tolerations
+        ]
+    return pod
+
+
+def pod_template(spec: JobSpec, env: list[Obj], component: str, *, npus: bool = True,
+                 subdomain: str | None = None, extra_labels: dict[str, str] | None = None) -> Obj:  # fmt: skip
+    return {
+        "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
+        "spec": pod_spec(spec, env, npus=npus, subdomain=subdomain),
+    }
