@@ -91,7 +91,26 @@ def read_job_values(job: str) -> tuple[dict[str, Any], str]:
         raise JobSpecError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise JobSpecError(f"{path}: cannot read: {exc.strerror}") from None
+    if path.suffix == ".json":  # the rendered ConfigMap's job file; YAML 1.1 would read 1e-06 as a string
+        return parse_json(text, str(path)), str(path)
     return parse_yaml(text, str(path)), str(path)
+
+
+def parse_json(text: str, source: str) -> dict[str, Any]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        dup = next((k for k in keys if keys.count(k) > 1), None)
+        if dup is not None:
+            raise JobSpecError(f"{source}: duplicate key {dup!r}")
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except ValueError as exc:
+        raise JobSpecError(f"{source}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{source}: a job file must be a mapping")
+    return data
 
 
 def parse_set_value(text: str) -> Any:

@@ -190,7 +190,7 @@ class Trainer:
             batch_per_card=spec.train.batch_size, global_batch=global_batch,
             train_samples=self.train_loader.num_samples, val_samples=self.val_loader.num_samples,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-            resume=(f"step {resumed.step} (epoch {resumed.epoch}, step {resumed.epoch_step} of it)"
+            resume=(f"step {resumed.step} (epoch {resumed.epoch + 1}, step {resumed.epoch_step} of it)"
                     if resumed else "none"),
         )  # fmt: skip
         if self.global_step >= self.total_steps:
