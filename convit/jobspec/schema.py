@@ -41,6 +41,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _schema(pattern: str, max_length: int | None = None) -> dict[str, object]:
+    """JSON-schema-only constraints (values.schema.json), mirroring a field validator for helm."""
+    extra: dict[str, object] = {"pattern": pattern}
+    if max_length is not None:
+        extra["maxLength"] = max_length
+    return extra
+
+
+_DNS_PATTERN = _DNS1123_LABEL.pattern
+_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|file:///\S*)$"
+
+
 def _check_uri(value: str) -> str:
     if not _URI.match(value):
         raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path, without spaces")
@@ -61,7 +73,8 @@ class ModelSpec(_Section):
         0.1, description="Stochastic depth rate of the last block (rises linearly from 0)."
     )
     pretrained: str = Field(
-        "", description="URI of a MindCV or convit checkpoint to start from (weights only); empty for none."
+        "", description="URI of a MindCV or convit checkpoint to start from (weights only); empty for none.",
+        json_schema_extra=_schema(r"^$|" + _URI_PATTERN),
     )
 
     @field_validator("pretrained")
@@ -73,7 +86,7 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     """Where ImageNet lives and how it is read."""
 
-    uri: str = Field(description="Dataset root: s3://bucket/prefix or file:///path.")
+    uri: str = Field(description="Dataset root: s3://bucket/prefix or file:///path.", json_schema_extra=_schema(_URI_PATTERN))
     layout: Literal["shards", "imagefolder"] = Field(
         "shards", description="'shards' (python -m convit.data prepare) or a plain ImageFolder tree."
     )
@@ -139,7 +152,9 @@ class EvalSpec(_Section):
 class CheckpointSpec(_Section):
     """Where checkpoints go and how many are kept."""
 
-    uri: str = Field(description="Checkpoint root: s3://bucket/prefix or file:///path.")
+    uri: str = Field(
+        description="Checkpoint root: s3://bucket/prefix or file:///path.", json_schema_extra=_schema(_URI_PATTERN)
+    )
     interval_steps: NonNegativeInt = Field(0, description="Also save every N steps (0: only every epoch).")
     keep_last: Annotated[int, Field(gt=0, le=1000)] = Field(10, description="Newest checkpoints kept.")
     keep_best: bool = Field(True, description="Also keep the checkpoint with the best validation top-1.")
@@ -166,6 +181,7 @@ class StorageSpec(_Section):
     secret: str = Field(
         "convit-s3",
         description="Name of the Kubernetes Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+        json_schema_extra=_schema(_DNS_PATTERN, 63),
     )
 
     @field_validator("endpoint")
@@ -215,17 +231,24 @@ class ClusterSpec(_Section):
     """The job's shape on Kubernetes (ignored by the trainer itself)."""
 
     backend: Literal["job", "volcano", "ascendjob"] = Field("job", description="Which workload kind to render.")
-    namespace: str = Field("default", description="Namespace of every object.")
+    namespace: str = Field(
+        "default", description="Namespace of every object.", json_schema_extra=_schema(_DNS_PATTERN, 63)
+    )
     pods: Annotated[int, Field(gt=0, le=4096)] = Field(1, description="Pods (servers), one per node.")
     npus_per_pod: Annotated[int, Field(gt=0, le=16)] = Field(8, description="NPUs (training processes) per pod.")
     npu_resource: Literal["huawei.com/Ascend910"] = Field(
         "huawei.com/Ascend910", description="Extended resource of the Ascend device plugin."
     )
-    image: str = Field("convit-train:0.1.0", description="Training image (see Dockerfile).")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="")
-    cpu: str = Field("64", description="CPU request and limit per pod.")
-    memory: str = Field("512Gi", description="Memory request and limit per pod.")
-    shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm for data loader workers.")
+    image: str = Field(
+        "convit-train:0.1.0", description="Training image (see Dockerfile).",
+        json_schema_extra=_schema(_IMAGE.pattern, 255),
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="When the kubelet pulls the image."
+    )
+    cpu: str = Field("64", description="CPU request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
+    memory: str = Field("512Gi", description="Memory request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
+    shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm for data loader workers.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"accelerator-type": "module"}, description="Node selector of the pods."
     )
@@ -244,7 +267,10 @@ class ClusterSpec(_Section):
     termination_grace_seconds: Annotated[int, Field(ge=30, le=3600)] = Field(
         300, description="Grace period for the final checkpoint on SIGTERM."
     )
-    queue: str = Field("default", description="Volcano queue (volcano and ascendjob backends).")
+    queue: str = Field(
+        "default", description="Volcano queue (volcano and ascendjob backends).",
+        json_schema_extra=_schema(_DNS_PATTERN, 63),
+    )
 
     @field_validator("namespace", "queue")
     @classmethod
@@ -292,7 +318,10 @@ def _check_dns_label(value: str, limit: int) -> str:
 class JobSpec(_Section):
     """A whole training job."""
 
-    name: str = Field(description="Job name: a DNS-1123 label of at most 45 characters.")
+    name: str = Field(
+        description="Job name: a DNS-1123 label of at most 45 characters.",
+        json_schema_extra=_schema(_DNS_PATTERN, JOB_NAME_MAX),
+    )
     model: ModelSpec
     data: DataSpec
     train: TrainSpec

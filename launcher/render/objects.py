@@ -15,7 +15,7 @@ COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-ind
 
 
 def job_json(spec: JobSpec) -> str:
-    return json.dumps(job_values(spec), sort_keys=True, indent=1)
+    return json.dumps(job_values(spec), sort_keys=True, separators=(",", ":"))
 
 
 def configmap(spec: JobSpec) -> Obj:

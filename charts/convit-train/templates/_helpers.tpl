@@ -1,0 +1,172 @@
+{{/*
+Helpers shared by the templates. Every object mirrors launcher/render/*.py, which renders the same objects
+from the same job values; tests/test_chart.py compares the two object by object. Strings are always
+emitted through `quote` or `toJson`, so no value can change a manifest's structure.
+*/}}
+
+{{- define "convit-train.selectorLabels" -}}
+app.kubernetes.io/name: convit-train
+app.kubernetes.io/instance: {{ .Values.name | quote }}
+{{- end }}
+
+{{- define "convit-train.labels" -}}
+{{ include "convit-train.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component | quote }}
+app.kubernetes.io/part-of: convit-train
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | quote }}
+{{- end }}
+
+{{- define "convit-train.metadata" -}}
+name: {{ .name | quote }}
+namespace: {{ .root.Values.cluster.namespace | quote }}
+labels:
+  {{- include "convit-train.labels" . | nindent 2 }}
+  {{- with .extraLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/* The MindSpore cluster variables (convit/cluster/contract.py). */}}
+{{- define "convit-train.clusterEnv" -}}
+- name: MS_WORKER_NUM
+  value: {{ mul .Values.cluster.pods .Values.cluster.npus_per_pod | toString | quote }}
+- name: MS_LOCAL_WORKER
+  value: {{ .Values.cluster.npus_per_pod | toString | quote }}
+- name: MS_SCHED_HOST
+  value: {{ .schedHost | quote }}
+- name: MS_SCHED_PORT
+  value: {{ .Values.cluster.master_port | toString | quote }}
+{{- end }}
+
+{{- define "convit-train.podTemplate" -}}
+{{- $v := .root.Values -}}
+{{- $c := $v.cluster -}}
+metadata:
+  labels:
+    {{- include "convit-train.labels" (dict "root" .root "component" .component) | nindent 4 }}
+    {{- with .extraLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: {{ $c.termination_grace_seconds | int }}
+  automountServiceAccountToken: false
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 1000
+    fsGroup: 1000
+    supplementalGroups: [1000]
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: ascend
+      image: {{ $c.image | quote }}
+      imagePullPolicy: {{ $c.image_pull_policy | quote }}
+      command: ["python", "-m", "convit.train"]
+      args: ["--job", "/etc/convit/job.json"]
+      env:
+        {{- with .env }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        - name: CONVIT_DEVICE
+          value: "Ascend"
+        - name: MS_TOPO_TIMEOUT
+          value: {{ $c.cluster_timeout | toString | quote }}
+        - name: CONVIT_CACHE_DIR
+          value: "/var/cache/convit"
+        - name: HOME
+          value: "/tmp"
+        - name: PYTHONUNBUFFERED
+          value: "1"
+        - name: CONVIT_S3_ADDRESSING_STYLE
+          value: {{ $v.storage.addressing_style | quote }}
+        {{- if $v.storage.endpoint }}
+        - name: AWS_ENDPOINT_URL_S3
+          value: {{ $v.storage.endpoint | quote }}
+        {{- end }}
+        {{- if $v.storage.region }}
+        - name: AWS_REGION
+          value: {{ $v.storage.region | quote }}
+        {{- end }}
+        {{- range list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" }}
+        - name: {{ . }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ $v.storage.secret | quote }}
+              key: {{ . }}
+        {{- end }}
+      resources:
+        {{- range list "requests" "limits" }}
+        {{ . }}:
+          cpu: {{ $c.cpu | quote }}
+          memory: {{ $c.memory | quote }}
+          {{- if $.npus }}
+          {{ $c.npu_resource | quote }}: {{ $c.npus_per_pod | int }}
+          {{- end }}
+        {{- end }}
+      volumeMounts:
+        - name: job
+          mountPath: /etc/convit
+          readOnly: true
+        - name: dshm
+          mountPath: /dev/shm
+        - name: cache
+          mountPath: /var/cache/convit
+        - name: tmp
+          mountPath: /tmp
+        {{- if .npus }}
+        - name: ascend-driver
+          mountPath: /usr/local/Ascend/driver
+          readOnly: true
+        {{- end }}
+      securityContext:
+        allowPrivilegeEscalation: false
+        privileged: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        capabilities:
+          drop: ["ALL"]
+  volumes:
+    - name: job
+      configMap:
+        name: {{ printf "%s-job" $v.name | quote }}
+    - name: dshm
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ $c.shm_size | quote }}
+    - name: cache
+      emptyDir: {}
+    - name: tmp
+      emptyDir: {}
+    {{- if .npus }}
+    - name: ascend-driver
+      hostPath:
+        path: /usr/local/Ascend/driver
+        type: Directory
+    {{- end }}
+  {{- with .subdomain }}
+  subdomain: {{ . | quote }}
+  {{- end }}
+  {{- with $c.node_selector }}
+  nodeSelector:
+    {{- range $key, $value := . }}
+    {{ $key | quote }}: {{ $value | quote }}
+    {{- end }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- range . }}
+    - key: {{ .key | quote }}
+      operator: {{ .operator | quote }}
+      {{- with .value }}
+      value: {{ . | quote }}
+      {{- end }}
+      {{- with .effect }}
+      effect: {{ . | quote }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
+{{- end }}

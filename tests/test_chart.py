@@ -1,0 +1,138 @@
+"""The Helm chart renders the same objects as `python -m launcher render`, with a real helm binary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from convit.cluster import contract
+from convit.jobspec import MODEL_NAMES, load_job
+from convit.jobspec.__main__ import values_schema, values_yaml
+from launcher.render import render_objects
+from tests.support.k8s_schema import validate
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "convit-train"
+HELM = REPO / ".tools" / "helm"
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    assert HELM.exists(), "helm is installed by ./dev setup"
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
+
+
+def helm_objects(job_file: Path, *sets: str) -> list[dict[str, Any]]:
+    args = ["template", "release", str(CHART), "-f", str(job_file)]
+    for item in sets:
+        args += ["--set", item]
+    result = helm(*args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def normalise(obj: dict[str, Any]) -> dict[str, Any]:
+    """Only what necessarily differs: helm's own labels, and the job file's JSON float spelling."""
+    obj = json.loads(json.dumps(obj))
+
+    def strip(meta: dict[str, Any]) -> None:
+        labels = meta.get("labels", {})
+        labels.pop("helm.sh/chart", None)
+        labels.pop("app.kubernetes.io/managed-by", None)
+
+    strip(obj["metadata"])
+    for template in _templates(obj):
+        strip(template["metadata"])
+    if obj["kind"] == "ConfigMap":
+        obj["data"] = {k: json.loads(v) for k, v in obj["data"].items()}
+    return obj
+
+
+def _templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj.get("spec", {})
+    if obj["kind"] == "AscendJob":
+        return [r["template"] for r in spec["replicaSpecs"].values()]
+    if "tasks" in spec:
+        return [t["template"] for t in spec["tasks"]]
+    if "template" in spec:
+        return [spec["template"]]
+    return []
+
+
+@pytest.mark.parametrize("recipe", MODEL_NAMES)
+@pytest.mark.parametrize("backend", ["job", "volcano", "ascendjob"])
+def test_chart_renders_the_same_objects_as_the_launcher(recipe: str, backend: str) -> None:
+    job_file = REPO / "jobs" / f"{recipe}.yaml"
+    ours = [normalise(o) for o in render_objects(load_job(str(job_file), [f"cluster.backend={backend}"]))]
+    theirs = [normalise(o) for o in helm_objects(job_file, f"cluster.backend={backend}")]
+    assert [(o["kind"], o["metadata"]["name"]) for o in theirs] == [(o["kind"], o["metadata"]["name"]) for o in ours]
+    for mine, chart in zip(ours, theirs, strict=True):
+        assert chart == mine, f"{mine['kind']} differs"
+    for obj in helm_objects(job_file, f"cluster.backend={backend}"):
+        validate(obj)
+
+
+def test_overrides_reach_both_renderers_alike(tmp_path: Path) -> None:
+    sets = ["cluster.pods=3", "cluster.active_deadline_seconds=3600", "storage.endpoint=https://s3.example.com",
+            "storage.region=eu-west-1", "name=custom-run", "cluster.namespace=ml-team"]  # fmt: skip
+    job_file = REPO / "jobs" / "convit_base.yaml"
+    ours = [normalise(o) for o in render_objects(load_job(str(job_file), sets))]
+    theirs = [normalise(o) for o in helm_objects(job_file, *sets)]
+    assert theirs == ours
+    job = theirs[-1]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600 and job["metadata"]["namespace"] == "ml-team"
+
+
+def test_helm_lint_strict_passes() -> None:
+    for recipe in ("convit_tiny", "convit_base_plus"):
+        result = helm("lint", "--strict", str(CHART), "-f", str(REPO / "jobs" / f"{recipe}.yaml"))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "complaint"),
+    [
+        ("cluster.pods=-1", "pods"),
+        ("cluster.bogus=1", "bogus"),
+        ("name=Not_A_DNS_Name", "name"),
+        ("model.name=convit_huge", "model"),
+        ("cluster.backend=kubeflow", "backend"),
+    ],
+)
+def test_values_schema_rejects_bad_values(override: str, complaint: str) -> None:
+    result = helm("template", "release", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"), "--set", override)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_chart_requires_a_job_file() -> None:
+    result = helm("template", "release", str(CHART))
+    assert result.returncode != 0 and "missing property 'name'" in result.stderr
+
+
+def test_generated_chart_files_are_up_to_date() -> None:
+    assert json.loads((CHART / "values.schema.json").read_text()) == values_schema(), "run: python -m convit.jobspec write"
+    assert (CHART / "values.yaml").read_text() == values_yaml(), "run: python -m convit.jobspec write"
+
+
+def test_rbac_is_minimal_and_valid() -> None:
+    objects = helm_objects(REPO / "jobs" / "convit_tiny.yaml", "rbac.create=true")
+    role = next(o for o in objects if o["kind"] == "Role")
+    for obj in objects:
+        validate(obj)
+    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs <= {"create", "get", "list", "watch", "delete"}
+    assert not any("*" in rule["resources"] or "*" in rule["verbs"] for rule in role["rules"])
+    assert {"resources": ["pods/log"], "verbs": ["get"], "apiGroups": [""]} in role["rules"]
+    assert "secrets" not in {r for rule in role["rules"] for r in rule["resources"]}
+
+
+def test_configmap_job_file_is_what_the_trainer_reads(tmp_path: Path) -> None:
+    cm = helm_objects(REPO / "jobs" / "convit_small.yaml")[0]
+    path = tmp_path / contract.JOB_FILE_NAME
+    path.write_text(cm["data"][contract.JOB_FILE_NAME])
+    assert load_job(str(path)) == load_job("convit_small")

@@ -1,0 +1,144 @@
+"""Rendered manifests: valid against the real schemas, the Ascend shape right, secrets only by reference,
+and no user value able to change a manifest's structure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from convit.cluster import contract
+from convit.jobspec import MODEL_NAMES, JobSpecError, load_job
+from launcher.render import render_objects, render_yaml
+from tests.support.k8s_schema import validate
+
+BACKENDS = ["job", "volcano", "ascendjob"]
+
+
+def _pods(objects: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+    work = objects[-1]
+    if work["kind"] == "AscendJob":
+        return [r["template"]["spec"] for r in work["spec"]["replicaSpecs"].values()]
+    if work["apiVersion"] == "batch/v1":
+        return [work["spec"]["template"]["spec"]]
+    return [t["template"]["spec"] for t in work["spec"]["tasks"]]
+
+
+@pytest.mark.parametrize("recipe", MODEL_NAMES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_object_validates_against_its_schema(recipe: str, backend: str) -> None:
+    objects = render_objects(load_job(recipe, [f"cluster.backend={backend}"]))
+    for obj in objects:
+        validate(obj)
+    assert [o["kind"] for o in objects][0] == "ConfigMap"
+
+
+def test_schema_validation_can_fail() -> None:
+    objects = render_objects(load_job("convit_tiny"))
+    broken = json.loads(json.dumps(objects[-1]))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 7
+    with pytest.raises(Exception, match="imagePullPolicy|7"):
+        validate(broken)
+    volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano"]))[-1]
+    volcano["spec"]["policies"][0]["action"] = "Explode"
+    with pytest.raises(Exception, match="Explode"):
+        validate(volcano)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ascend_pod_shape(backend: str) -> None:
+    spec = load_job("convit_small_plus", [f"cluster.backend={backend}", "cluster.pods=4"])
+    objects = render_objects(spec)
+    workers = [p for p in _pods(objects) if any("huawei.com/Ascend910" in c["resources"]["limits"] for c in p["containers"])]
+    assert len(workers) == 1
+    pod = workers[0]
+    container = pod["containers"][0]
+    assert container["name"] == contract.CONTAINER_NAME
+    assert container["resources"]["requests"]["huawei.com/Ascend910"] == 8
+    assert container["resources"]["limits"]["huawei.com/Ascend910"] == 8
+    assert container["command"] == list(contract.TRAIN_COMMAND)
+    assert container["args"] == ["--job", contract.JOB_FILE]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/dev/shm", "/usr/local/Ascend/driver", contract.JOB_FILE_DIR} <= mounts
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e for e in container["env"]}
+    assert env[contract.ENV_DEVICE]["value"] == "Ascend"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "convit-s3", "key": key}
+    if backend != "ascendjob":  # the AscendJob operator injects the cluster variables itself
+        assert env[contract.ENV_WORLD]["value"] == "32"
+        assert env[contract.ENV_LOCAL]["value"] == "8"
+        assert env[contract.ENV_SCHED_PORT]["value"] == "8118"
+
+
+def test_indexed_job_rank_and_rendezvous() -> None:
+    objects = render_objects(load_job("convit_tiny", ["cluster.pods=3", "name=tiny-run"]))
+    service, job = objects[1], objects[2]
+    assert service["spec"]["clusterIP"] == "None" and service["metadata"]["name"] == "tiny-run"
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "tiny-run"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env[contract.ENV_SCHED_HOST]["value"] == "tiny-run-0.tiny-run"
+    assert "job-completion-index" in env[contract.ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_job_file_in_configmap_round_trips() -> None:
+    spec = load_job("convit_base", ["train.lr=3e-4"])
+    data = json.loads(render_objects(spec)[0]["data"][contract.JOB_FILE_NAME])
+    assert data["train"]["lr"] == 3e-4
+    from convit.jobspec import validate_job
+
+    assert validate_job(data, "configmap") == spec
+
+
+def test_no_secret_value_in_any_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    canary = "canary-secret-value-91c2"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", canary)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACANARY")
+    for backend in BACKENDS:
+        text = render_yaml(render_objects(load_job("convit_tiny", [f"cluster.backend={backend}"])))
+        assert canary not in text and "AKIACANARY" not in text
+
+
+HOSTILE_ACCEPTED = [
+    "data.uri=s3://bucket/x\"y'{{.Release.Name}}$(id);`x`|---",
+    "checkpoint.uri=file:///tmp/a:b/{{ .Values }}/#c",
+    "model.pretrained=s3://bucket/p/%0A--- kind: Secret",
+]
+
+
+@pytest.mark.parametrize("override", HOSTILE_ACCEPTED)
+def test_hostile_values_render_as_literal_strings(override: str) -> None:
+    key, value = override.split("=", 1)
+    if " " in value:  # spaces are not allowed in URIs: rejected instead
+        with pytest.raises(JobSpecError):
+            load_job("convit_tiny", [override])
+        return
+    spec = load_job("convit_tiny", [override])
+    objects = render_objects(spec)
+    again = list(yaml.safe_load_all(render_yaml(objects)))
+    assert again == objects  # YAML round trip: same structure, value intact
+    data = json.loads(objects[0]["data"][contract.JOB_FILE_NAME])
+    section, field = key.split(".")
+    assert data[section][field] == value
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "name=bad\nname", "name=Upper", "name=x" * 30, "cluster.namespace=kube system", "cluster.image=img\"; rm -rf /",
+        "cluster.node_selector={\"a\": \"b\\nc\"}", "cluster.cpu=64; echo", "storage.endpoint=http://user:pw@host",
+        "storage.secret=a/b", "data.uri=http://example.com/x", "data.uri=s3://bucket/../etc",
+    ],
+)  # fmt: skip
+def test_hostile_values_that_could_change_structure_are_rejected(override: str) -> None:
+    with pytest.raises(JobSpecError):
+        load_job("convit_tiny", [override])
