@@ -122,8 +122,9 @@ class TrainLoader:
                         self.spec.data.uri, self.table.keys[index], reason, self.skipped)  # fmt: skip
 
     def close(self) -> None:
-        if self._workers is not None:
-            self._workers.close()
+        workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
+        if workers is not None:
+            workers.close()
             self._workers = None
 
     def __del__(self) -> None:
@@ -153,8 +154,9 @@ class ValLoader:
                 yield normalize(result.images), result.labels
 
     def close(self) -> None:
-        if self._workers is not None:
-            self._workers.close()
+        workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
+        if workers is not None:
+            workers.close()
             self._workers = None
 
     def __del__(self) -> None:

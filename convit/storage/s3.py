@@ -197,4 +197,9 @@ class S3Storage(Storage):
         self._call("DELETE", key, lambda: _client().delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def check_root(self) -> None:
-        self._call("HEAD", "", lambda: _client().head_bucket(Bucket=self.bucket))
+        try:
+            self._call("HEAD", "", lambda: _client().head_bucket(Bucket=self.bucket))
+        except StorageError as exc:
+            if str(exc).endswith("does not exist"):
+                raise StorageError(f"bucket {self.bucket!r} does not exist (for {self.uri})") from None
+            raise
