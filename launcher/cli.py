@@ -84,8 +84,9 @@ def backend_of(args: argparse.Namespace, namespace: str) -> Backend:
     return KubernetesBackend(namespace, context=getattr(args, "context", None))
 
 
-def run(argv: list[str] | None, out: TextIO = sys.stdout) -> int:
+def run(argv: list[str] | None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = out or sys.stdout
 
     def say(text: str) -> None:
         out.write(text + "\n")

@@ -55,8 +55,8 @@ def test_ascend_pod_shape(backend: str) -> None:
     pod = workers[0]
     container = pod["containers"][0]
     assert container["name"] == contract.CONTAINER_NAME
-    assert container["resources"]["requests"]["huawei.com/Ascend910"] == 8
-    assert container["resources"]["limits"]["huawei.com/Ascend910"] == 8
+    assert container["resources"]["requests"]["huawei.com/Ascend910"] == "8"
+    assert container["resources"]["limits"]["huawei.com/Ascend910"] == "8"
     assert container["command"] == list(contract.TRAIN_COMMAND)
     assert container["args"] == ["--job", contract.JOB_FILE]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False

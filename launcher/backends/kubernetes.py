@@ -30,16 +30,18 @@ class KubernetesBackend(Backend):
 
         self.namespace = namespace
         self.timeout = request_timeout
+        configuration = client.Configuration()
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-                config.load_incluster_config()
+                config.load_incluster_config(client_configuration=configuration)
             else:
-                config.load_kube_config(context=context)
-        except config.ConfigException as exc:
+                # The client reads $KUBECONFIG once, at import; read it now so the current value counts.
+                path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+                config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        except (config.ConfigException, OSError) as exc:
             raise LauncherError(
                 f"no usable kubeconfig ({str(exc).splitlines()[0]}): set KUBECONFIG or run inside a cluster"
             ) from None
-        configuration = client.Configuration.get_default_copy()
         configuration.retries = 1
         self.host = configuration.host
         api = client.ApiClient(configuration)
@@ -162,6 +164,9 @@ class KubernetesBackend(Backend):
                 progress = None
         return JobStatus(name, self.namespace, self._phase(kind, obj), pods, progress)
 
+    def _finished(self, name: str) -> bool:
+        return self._phase(*self._workload(name)) in ("Succeeded", "Failed")
+
     def _current_pod(self, name: str, index: int) -> dict[str, Any] | None:
         mine = [p for p in self._pods(name) if _pod_index(p) == index]
         mine.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -184,7 +189,7 @@ class KubernetesBackend(Backend):
                 if pod is None:
                     raise LauncherError(f"job {self.namespace}/{name} has no pod {index} (yet)")
                 return
-            if self.status(name).finished and (pod is None or seen == key):
+            if self._finished(name) and (pod is None or seen == key):
                 return
             time.sleep(2)
 
@@ -251,7 +256,9 @@ class KubernetesBackend(Backend):
         return sorted(out, key=lambda j: j.name)
 
     def _delete_object(self, kind: str, api_version: str, name: str) -> None:
-        ns, opts = self.namespace, {"propagation_policy": "Background", "_request_timeout": self.timeout}
+        # The response (the deleted object or a Status, depending on kind and server) is not needed.
+        ns = self.namespace
+        opts = {"propagation_policy": "Background", "_request_timeout": self.timeout, "_preload_content": False}
         what = f"{kind} {name!r}"
         if kind == "ConfigMap":
             self._call("delete", what, lambda: self.core.delete_namespaced_config_map(name, ns, **opts))
@@ -263,7 +270,7 @@ class KubernetesBackend(Backend):
             group, version, plural = VOLCANO if kind == "Job" else ASCEND
             self._call("delete", what, lambda: self.custom.delete_namespaced_custom_object(
                 group, version, ns, plural, name, propagation_policy="Background",
-                _request_timeout=self.timeout))  # fmt: skip
+                _request_timeout=self.timeout, _preload_content=False))  # fmt: skip
 
     def delete(self, name: str) -> list[str]:
         kind, obj = self._workload(name)

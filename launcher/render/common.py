@@ -73,7 +73,7 @@ def container(spec: JobSpec, env: list[Obj], npus: bool = True) -> Obj:
     c = spec.cluster
     resources: dict[str, str | int] = {"cpu": c.cpu, "memory": c.memory}
     if npus:
-        resources[c.npu_resource] = c.npus_per_pod
+        resources[c.npu_resource] = str(c.npus_per_pod)  # a Quantity: the API client wants a string
     base_env = [
         env_value(contract.ENV_DEVICE, "Ascend"),
         env_value(contract.ENV_TOPO_TIMEOUT, c.cluster_timeout),

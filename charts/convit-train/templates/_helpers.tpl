@@ -104,7 +104,7 @@ spec:
           cpu: {{ $c.cpu | quote }}
           memory: {{ $c.memory | quote }}
           {{- if $.npus }}
-          {{ $c.npu_resource | quote }}: {{ $c.npus_per_pod | int }}
+          {{ $c.npu_resource | quote }}: {{ $c.npus_per_pod | toString | quote }}
           {{- end }}
         {{- end }}
       volumeMounts:
