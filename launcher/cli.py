@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TextIO
 
@@ -70,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def spec_of(args: argparse.Namespace) -> JobSpec:
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
+    # Flag values are taken literally (JSON-quoted), unlike --set values, which are YAML scalars.
+    overrides = [
+        f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
+    ]
     return load_job(args.job, [*overrides, *args.overrides])
 
 

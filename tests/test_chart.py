@@ -12,7 +12,7 @@ import yaml
 
 from convit.cluster import contract
 from convit.jobspec import MODEL_NAMES, load_job
-from convit.jobspec.__main__ import values_schema, values_yaml
+from convit.jobspec.__main__ import chart_readme, values_schema, values_yaml
 from launcher.render import render_objects
 from tests.support.k8s_schema import validate
 
@@ -117,6 +117,7 @@ def test_chart_requires_a_job_file() -> None:
 def test_generated_chart_files_are_up_to_date() -> None:
     assert json.loads((CHART / "values.schema.json").read_text()) == values_schema(), "run: python -m convit.jobspec write"
     assert (CHART / "values.yaml").read_text() == values_yaml(), "run: python -m convit.jobspec write"
+    assert (CHART / "README.md").read_text() == chart_readme(), "run: python -m convit.jobspec write"
 
 
 def test_rbac_is_minimal_and_valid() -> None:

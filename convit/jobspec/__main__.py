@@ -60,6 +60,53 @@ def values_yaml() -> str:
     return header + yaml.safe_dump({**_defaults(JobSpec), "rbac": RBAC_DEFAULTS}, sort_keys=False)
 
 
+def _rows(schema: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> list[str]:
+    rows = []
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        if "$ref" in prop:
+            rows.extend(_rows(defs[prop["$ref"].split("/")[-1]], defs, f"{prefix}{name}."))
+            continue
+        if prop.get("type") == "object" and "properties" in prop:
+            rows.extend(_rows(prop, defs, f"{prefix}{name}."))
+            continue
+        default = "(required)" if name in required else json.dumps(prop.get("default"))
+        kind = prop.get("type") or "/".join(json.dumps(v) for v in prop.get("enum", [])) or "any"
+        rows.append(f"| `{prefix}{name}` | {kind} | `{default}` | {prop.get('description', '')} |")
+    return rows
+
+
+def chart_readme() -> str:
+    schema = values_schema()
+    rows = _rows(schema, schema.get("$defs", {}))
+    return CHART_README_HEAD + "\n".join(["| value | type | default | meaning |", "|---|---|---|---|", *rows]) + "\n"
+
+
+CHART_README_HEAD = """# convit-train Helm chart
+
+A distributed ConViT training job on Ascend 910 NPUs, from the same job values as `python -m launcher`:
+
+    helm install convit-small-plus charts/convit-train -f jobs/convit_small_plus.yaml [--set cluster.pods=4]
+
+`cluster.backend` picks the workload: `job` (an Indexed Job, a headless Service for rank discovery; any cluster),
+`volcano` (a gang-scheduled `batch.volcano.sh/v1alpha1` Job) or `ascendjob` (MindX DL's AscendJob). A ConfigMap
+holds the job file the trainer reads. tests/test_chart.py renders this chart with helm and compares every
+object with `python -m launcher render`.
+
+## Permissions
+
+`--set rbac.create=true` creates a ServiceAccount, Role and RoleBinding with what the launcher needs and nothing
+more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs and AscendJobs;
+get/list/watch on Pods; get on pods/log. It grants nothing on Secrets: the pods read the S3 Secret through
+`secretKeyRef`, which needs no RBAC.
+
+## Values
+
+Generated from convit/jobspec/schema.py by `python -m convit.jobspec write`; values.schema.json enforces them.
+
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else ""
@@ -70,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "write":
         (CHART / "values.schema.json").write_text(json.dumps(values_schema(), indent=2) + "\n")
         (CHART / "values.yaml").write_text(values_yaml())
+        (CHART / "README.md").write_text(chart_readme())
     else:
         print("usage: python -m convit.jobspec schema|values|write", file=sys.stderr)
         return 2

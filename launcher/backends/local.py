@@ -58,7 +58,9 @@ def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def pod_process(spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """The command and environment of pod `index`, as the rendered container has them, resolved locally."""
     container = worker_template(objects)["spec"]["containers"][0]
-    env: dict[str, str] = {}
+    # This machine's environment stands in for the image's (PATH, AWS settings, ...); the container's own
+    # variables and what the cluster would provide go on top.
+    env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "CONVIT_LOCAL"))}
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]

@@ -1,0 +1,161 @@
+"""Local mode end to end: the rendered pods as process groups on the CPU, with real training, checkpoints,
+resume, restart after a killed worker (weights equal to an uninterrupted run), and delete with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.__main__ import main
+from launcher.backends.local import LocalBackend
+from tests.support.s3server import SECRET_KEY
+from tests.support.trainrun import REPO
+
+pytestmark = pytest.mark.slow
+
+JOB = ["convit_tiny", "--local", "--set", "data.layout=imagefolder", "--set", "data.workers=1",
+       "--set", "train.batch_size=4", "--set", "train.epochs=2", "--set", "train.warmup_epochs=1",
+       "--set", "cluster.pods=1", "--set", "cluster.npus_per_pod=2", "--set", "logging.interval_steps=1",
+       "--set", "model.drop_path_rate=0.0"]  # fmt: skip
+
+
+@pytest.fixture()
+def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CONVIT_LOCAL_HOME", str(tmp_path / "jobs"))
+    return tmp_path / "jobs"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("sample")
+    subprocess.run([sys.executable, "-m", "convit.data", "make-sample", "--dst", f"file://{root}", "--classes", "4",
+                    "--per-class", "12", "--val-per-class", "2"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    return f"file://{root}"
+
+
+def test_local_job_trains_checkpoints_and_resumes(
+    local_home: Path, sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = f"file://{tmp_path}/ckpt"
+    args = ["submit", *JOB, "--name", "demo", "--data", sample, "--output", out, "--follow"]
+    assert main([*args, "--set", "train.max_steps=4"]) == 0
+    text = capsys.readouterr().out
+    assert "world_size=2" in text and "step 4/4" in text and "checkpoint step 4 saved" in text
+    assert text.rstrip().endswith("job demo succeeded")
+    assert main([*args, "--set", "train.max_steps=8"]) == 0
+    text = capsys.readouterr().out
+    assert "resume=step 4 (epoch 1, step 4 of it)" in text and "step 8/8" in text
+    assert main(["status", "demo", "--local"]) == 0
+    status = capsys.readouterr().out
+    assert "Succeeded" in status and "progress: epoch 2/2 step 8/8" in status
+    assert main(["list", "--local"]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["demo", "Succeeded"]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "checkpoints").iterdir())[-1] == "step-000000008"
+    assert main(["delete", "demo", "--local"]) == 0
+    assert not (local_home / "demo").exists() and (tmp_path / "ckpt" / "latest.json").exists()  # user data kept
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def _wait(name: str, timeout: float = 600) -> str:
+    backend = LocalBackend()
+    deadline = time.monotonic() + timeout
+    while not (status := backend.status(name)).finished:
+        assert time.monotonic() < deadline, f"{name} did not finish"
+        time.sleep(1)
+    return status.phase
+
+
+def _worker_pids(state_dir: Path) -> list[int]:
+    """Training workers of the job: processes whose environment says MS_ROLE=MS_WORKER under this state dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"MS_ROLE=MS_WORKER" in env and f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_worker_restarts_the_job_which_ends_with_the_uninterrupted_weights(
+    local_home: Path, s3: dict[str, str], bucket: str, sample: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convit.storage import open_storage
+
+    src, dst = open_storage(sample), open_storage(f"s3://{bucket}/data")
+    for key in src.list():
+        dst.put(key, src.get(key))
+    common = [*JOB, "--data", f"s3://{bucket}/data", "--set", "train.max_steps=7", "--set", "checkpoint.interval_steps=2"]
+    assert main(["submit", *common, "--name", "straight", "--output", f"s3://{bucket}/straight"]) == 0
+    assert _wait("straight") == "Succeeded"
+
+    assert main(["submit", *common, "--name", "killed", "--output", f"s3://{bucket}/killed"]) == 0
+    log = local_home / "killed" / "pod-0.log"
+    deadline = time.monotonic() + 400
+    while "checkpoint step 4 saved" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < deadline and not LocalBackend().status("killed").finished, log.read_text()[-2000:]
+        time.sleep(0.3)
+    victims = _worker_pids(local_home / "killed")
+    assert len(victims) == 2
+    os.kill(victims[1], signal.SIGKILL)  # rank 1 dies without warning
+    assert _wait("killed") == "Succeeded"
+    text = log.read_text(errors="replace")
+    assert "restarted (1/6)" in text and "resume=step " in text
+    capsys.readouterr()
+    assert main(["status", "killed", "--local"]) == 0
+    assert "restarts 1" in capsys.readouterr().out
+
+    tmp = local_home / "cmp"
+    tmp.mkdir()
+    for name in ("straight", "killed"):
+        (tmp / f"{name}.ckpt").write_bytes(open_storage(f"s3://{bucket}/{name}").get("checkpoints/step-000000007/weights.ckpt"))
+    a, b = _weights(tmp / "straight.ckpt"), _weights(tmp / "killed.ckpt")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the restarted job diverged from the uninterrupted one"
+    for path in local_home.rglob("*"):
+        if path.is_file():
+            assert SECRET_KEY.encode() not in path.read_bytes(), f"secret leaked into {path}"
+
+
+def test_delete_stops_a_running_job_after_its_checkpoint(
+    local_home: Path, sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ckpt"
+    assert main(["submit", *JOB, "--name", "stopme", "--data", sample, "--output", f"file://{out}",
+                 "--set", "train.max_steps=100"]) == 0  # fmt: skip
+    log = local_home / "stopme" / "pod-0.log"
+    deadline = time.monotonic() + 400
+    while "step 2/" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert main(["delete", "stopme", "--local"]) == 0
+    latest = json.loads((out / "latest.json").read_text())
+    assert 2 <= latest["step"] < 100
+    assert not (local_home / "stopme").exists()
+    assert _worker_pids(local_home / "stopme") == []
+
+
+def test_s3_uris_without_an_endpoint_are_a_clear_error(
+    local_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["submit", "convit_tiny", "--local"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: local job convit-tiny: data.uri is s3://imagenet/shards but no S3 endpoint")
