@@ -42,7 +42,9 @@ def mindspore_case(model: object, batch: int, steps: int, warmup: int) -> tuple[
     model.set_train(False)  # type: ignore[attr-defined]
     infer = timed(lambda: model(x).asnumpy(), steps, warmup)  # type: ignore[operator]
     opt = nn.AdamWeightDecay(model.trainable_params(), 1e-3, weight_decay=0.05)  # type: ignore[attr-defined]
-    step = nn.TrainOneStepCell(nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")), opt)
+    step = nn.TrainOneStepCell(
+        nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")), opt
+    )
     step.set_train(True)
     train = timed(lambda: step(x, y).asnumpy(), steps, warmup)
     return train, infer
@@ -89,7 +91,9 @@ def main() -> None:
     ms.set_device("CPU")
     results = {
         "ours (MindSpore, graph)": mindspore_case(create_model(args.model), args.batch, args.steps, args.warmup),
-        "MindCV 0.3.0 (MindSpore, graph)": mindspore_case(mindcv_create(args.model), args.batch, args.steps, args.warmup),
+        "MindCV 0.3.0 (MindSpore, graph)": mindspore_case(
+            mindcv_create(args.model), args.batch, args.steps, args.warmup
+        ),
         "timm (PyTorch eager)": timm_case(args.model, args.batch, args.steps, args.warmup),
     }
     ours_train, ours_infer = results["ours (MindSpore, graph)"]

@@ -44,13 +44,33 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     per_class = max(4, (args.batch * (args.steps + 3)) // 4 + 1)
-    data_main(["make-sample", "--dst", f"file://{tmp}/data", "--classes", "4", "--per-class", str(per_class),
-               "--val-per-class", "1"])  # fmt: skip
-    spec = load_job(args.model, [
-        f"train.batch_size={args.batch}", "train.epochs=2", "train.warmup_epochs=1", "data.layout=imagefolder",
-        f"data.uri=file://{tmp}/data", f"data.workers={args.workers}", f"checkpoint.uri=file://{tmp}/ckpt",
-        "logging.interval_steps=1", f"train.max_steps={args.steps + 2}",
-    ])  # fmt: skip
+    data_main(
+        [
+            "make-sample",
+            "--dst",
+            f"file://{tmp}/data",
+            "--classes",
+            "4",
+            "--per-class",
+            str(per_class),
+            "--val-per-class",
+            "1",
+        ]
+    )
+    spec = load_job(
+        args.model,
+        [
+            f"train.batch_size={args.batch}",
+            "train.epochs=2",
+            "train.warmup_epochs=1",
+            "data.layout=imagefolder",
+            f"data.uri=file://{tmp}/data",
+            f"data.workers={args.workers}",
+            f"checkpoint.uri=file://{tmp}/ckpt",
+            "logging.interval_steps=1",
+            f"train.max_steps={args.steps + 2}",
+        ],
+    )
     runtime = init_runtime("CPU")
     trainer = Trainer(spec, runtime)
     step = trainer.train_step
@@ -100,7 +120,7 @@ def main() -> None:
             # overlapped: start a background upload, time the steps that run meanwhile
             store.save(lambda p: p.write_bytes(ckpt_local.read_bytes()), {"step": 2, **meta}, background=True)
             overlapped = []
-            while store._upload is not None and store._upload.is_alive() or not overlapped:
+            while (store._upload is not None and store._upload.is_alive()) or not overlapped:
                 s = time.perf_counter()
                 step(images, targets).asnumpy()
                 overlapped.append(time.perf_counter() - s)

@@ -36,8 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", help="dataset URI (s3://... or file:///...)")
         p.add_argument("--output", help="checkpoint URI (s3://... or file:///...)")
         p.add_argument("--backend", choices=["job", "volcano", "ascendjob"], help="workload kind")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any job value, e.g. train.lr=1e-3 (repeatable)")  # fmt: skip
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any job value, e.g. train.lr=1e-3 (repeatable)",
+        )
 
     submit = sub.add_parser("submit", help="validate, render and create a training job")
     job_args(submit)
@@ -107,11 +113,15 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         name = client.submit(spec, dry_run=args.dry_run)
         where = "--local" if args.local else f"-n {spec.cluster.namespace}"
         if args.dry_run:
-            say(f"dry run: job {name} ({spec.cluster.backend}, {spec.cluster.pods} pods x "
-                f"{spec.cluster.npus_per_pod} NPUs) is valid; nothing was created")  # fmt: skip
+            say(
+                f"dry run: job {name} ({spec.cluster.backend}, {spec.cluster.pods} pods x "
+                f"{spec.cluster.npus_per_pod} NPUs) is valid; nothing was created"
+            )
             return 0
-        say(f"submitted job {name}: {spec.model.name}, {spec.cluster.pods} pod(s) x {spec.cluster.npus_per_pod} "
-            f"{'CPU workers' if args.local else 'NPUs'}")  # fmt: skip
+        say(
+            f"submitted job {name}: {spec.model.name}, {spec.cluster.pods} pod(s) x {spec.cluster.npus_per_pod} "
+            f"{'CPU workers' if args.local else 'NPUs'}"
+        )
         if not args.follow:
             say(f"  follow:  python -m launcher logs {name} {where} -f")
             say(f"  status:  python -m launcher status {name} {where}")
@@ -127,7 +137,10 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         st = client.status(args.name)
         say(f"job {st.namespace}/{st.name}: {st.phase}")
         for pod in st.pods:
-            say(f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}" + (f", node {pod.node}" if pod.node else ""))
+            say(
+                f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}"
+                + (f", node {pod.node}" if pod.node else "")
+            )
         say(f"  progress: {st.latest_progress or 'none yet'}")
         return 0
     if args.command == "logs":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterator
 
@@ -22,10 +23,10 @@ class TrainingClient:
     def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
         return self.backend.logs(name, follow=follow, rank=rank)
 
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         return self.backend.list()
 
-    def delete(self, name: str) -> list[str]:
+    def delete(self, name: str) -> builtins.list[str]:
         return self.backend.delete(name)
 
     def wait(self, name: str, poll_seconds: float = 5.0) -> JobStatus:

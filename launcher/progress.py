@@ -29,8 +29,10 @@ def summarize(line: str) -> str:
     event = json.loads(line)
     from convit.train.progress import format_duration
 
-    return (f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
-            f"loss {event['loss']:.4f} eta {format_duration(event['eta_s'])}")  # fmt: skip
+    return (
+        f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
+        f"loss {event['loss']:.4f} eta {format_duration(event['eta_s'])}"
+    )
 
 
 def latest_progress(lines: list[str]) -> str | None:

@@ -36,9 +36,12 @@ def _spec(backend: str = "job"):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("backend", "workload_path"),
-    [("job", BATCH), ("volcano", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs"),
-     ("ascendjob", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs")],
-)  # fmt: skip
+    [
+        ("job", BATCH),
+        ("volcano", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs"),
+        ("ascendjob", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs"),
+    ],
+)
 def test_submit_creates_exactly_the_rendered_objects(api: FakeApiServer, backend: str, workload_path: str) -> None:
     spec = _spec(backend)
     assert KubernetesBackend(NS).submit(spec) == "convit-tiny"
@@ -65,7 +68,10 @@ def test_existing_job_is_one_clear_error_and_nothing_is_left_half_created(
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"ERROR: job {NS}/convit-tiny already exists") and "python -m launcher delete" in err
-    assert api.calls("DELETE") == [("DELETE", f"{CORE}/services/convit-tiny"), ("DELETE", f"{CORE}/configmaps/convit-tiny-job")]
+    assert api.calls("DELETE") == [
+        ("DELETE", f"{CORE}/services/convit-tiny"),
+        ("DELETE", f"{CORE}/configmaps/convit-tiny-job"),
+    ]
 
 
 def test_forbidden_namespace_is_one_clear_error(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +99,9 @@ def test_unreachable_api_server_and_missing_kubeconfig(
     assert err.startswith("ERROR: no usable kubeconfig") and err.count("\n") == 1
 
 
-def test_status_shows_phase_pods_restarts_and_latest_progress(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_shows_phase_pods_restarts_and_latest_progress(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     api.on("GET", f"{BATCH}/convit-tiny", Reply(200, fixture("job-running.json")))
     api.on("GET", f"{CORE}/pods", Reply(200, fixture("pods-running.json")))
     api.on("GET", f"{CORE}/pods/convit-tiny-0-abcde/log", Reply(200, fixture("log-pod0-first.txt")))
@@ -141,22 +149,34 @@ def test_logs_all_prefixes_each_pod(api: FakeApiServer) -> None:
 
 def test_list_and_delete_touch_only_the_jobs_objects(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
     api.on("GET", BATCH, Reply(200, fixture("joblist.json")))
-    api.on("GET", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs", Reply(404, fixture("status-404-resource.json")))
-    api.on("GET", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs",
-           Reply(200, {"apiVersion": "mindxdl.gitee.com/v1", "kind": "AscendJobList", "items": []}))  # fmt: skip
+    api.on(
+        "GET", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs", Reply(404, fixture("status-404-resource.json"))
+    )
+    api.on(
+        "GET",
+        f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs",
+        Reply(200, {"apiVersion": "mindxdl.gitee.com/v1", "kind": "AscendJobList", "items": []}),
+    )
     assert main(["list", "-n", NS]) == 0
     assert capsys.readouterr().out.split() == ["convit-tiny", "Running", "Job"]
 
     api.on("GET", f"{BATCH}/convit-tiny", Reply(200, fixture("job-running.json")))
     service = render_objects(_spec())[1]
-    foreign_cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "convit-tiny-job", "labels": {"team": "x"}}}
+    foreign_cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "convit-tiny-job", "labels": {"team": "x"}},
+    }
     api.on("GET", f"{CORE}/services/convit-tiny", Reply(200, service))
     api.on("GET", f"{CORE}/configmaps/convit-tiny-job", Reply(200, foreign_cm))
     api.on("DELETE", ".*", Reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
     assert main(["delete", "convit-tiny", "-n", NS]) == 0
     assert api.calls("DELETE") == [("DELETE", f"{BATCH}/convit-tiny"), ("DELETE", f"{CORE}/services/convit-tiny")]
     delete_job = next(r for r in api.requests if r.method == "DELETE")
-    assert delete_job.query.get("propagationPolicy") == ["Background"] or (delete_job.body or {}).get("propagationPolicy") == "Background"
+    assert (
+        delete_job.query.get("propagationPolicy") == ["Background"]
+        or (delete_job.body or {}).get("propagationPolicy") == "Background"
+    )
     assert "deleted Job/convit-tiny" in capsys.readouterr().out
 
 

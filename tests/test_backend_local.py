@@ -21,10 +21,28 @@ from tests.support.trainrun import REPO
 
 pytestmark = pytest.mark.slow
 
-JOB = ["convit_tiny", "--local", "--set", "data.layout=imagefolder", "--set", "data.workers=1",
-       "--set", "train.batch_size=4", "--set", "train.epochs=2", "--set", "train.warmup_epochs=1",
-       "--set", "cluster.pods=1", "--set", "cluster.npus_per_pod=2", "--set", "logging.interval_steps=1",
-       "--set", "model.drop_path_rate=0.0"]  # fmt: skip
+JOB = [
+    "convit_tiny",
+    "--local",
+    "--set",
+    "data.layout=imagefolder",
+    "--set",
+    "data.workers=1",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.warmup_epochs=1",
+    "--set",
+    "cluster.pods=1",
+    "--set",
+    "cluster.npus_per_pod=2",
+    "--set",
+    "logging.interval_steps=1",
+    "--set",
+    "model.drop_path_rate=0.0",
+]
 
 
 @pytest.fixture()
@@ -36,8 +54,25 @@ def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("sample")
-    subprocess.run([sys.executable, "-m", "convit.data", "make-sample", "--dst", f"file://{root}", "--classes", "4",
-                    "--per-class", "12", "--val-per-class", "2"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convit.data",
+            "make-sample",
+            "--dst",
+            f"file://{root}",
+            "--classes",
+            "4",
+            "--per-class",
+            "12",
+            "--val-per-class",
+            "2",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     return f"file://{root}"
 
 
@@ -101,7 +136,15 @@ def test_killed_worker_restarts_the_job_which_ends_with_the_uninterrupted_weight
     src, dst = open_storage(sample), open_storage(f"s3://{bucket}/data")
     for key in src.list():
         dst.put(key, src.get(key))
-    common = [*JOB, "--data", f"s3://{bucket}/data", "--set", "train.max_steps=7", "--set", "checkpoint.interval_steps=2"]
+    common = [
+        *JOB,
+        "--data",
+        f"s3://{bucket}/data",
+        "--set",
+        "train.max_steps=7",
+        "--set",
+        "checkpoint.interval_steps=2",
+    ]
     assert main(["submit", *common, "--name", "straight", "--output", f"s3://{bucket}/straight"]) == 0
     assert _wait("straight") == "Succeeded"
 
@@ -124,7 +167,9 @@ def test_killed_worker_restarts_the_job_which_ends_with_the_uninterrupted_weight
     tmp = local_home / "cmp"
     tmp.mkdir()
     for name in ("straight", "killed"):
-        (tmp / f"{name}.ckpt").write_bytes(open_storage(f"s3://{bucket}/{name}").get("checkpoints/step-000000007/weights.ckpt"))
+        (tmp / f"{name}.ckpt").write_bytes(
+            open_storage(f"s3://{bucket}/{name}").get("checkpoints/step-000000007/weights.ckpt")
+        )
     a, b = _weights(tmp / "straight.ckpt"), _weights(tmp / "killed.ckpt")
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a), "the restarted job diverged from the uninterrupted one"
@@ -137,8 +182,23 @@ def test_delete_stops_a_running_job_after_its_checkpoint(
     local_home: Path, sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "ckpt"
-    assert main(["submit", *JOB, "--name", "stopme", "--data", sample, "--output", f"file://{out}",
-                 "--set", "train.max_steps=100"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "submit",
+                *JOB,
+                "--name",
+                "stopme",
+                "--data",
+                sample,
+                "--output",
+                f"file://{out}",
+                "--set",
+                "train.max_steps=100",
+            ]
+        )
+        == 0
+    )
     log = local_home / "stopme" / "pod-0.log"
     deadline = time.monotonic() + 400
     while "step 2/" not in (log.read_text(errors="replace") if log.exists() else ""):

@@ -62,8 +62,13 @@ def test_cli_bad_input_is_one_error_line(argv: list[str], fragment: str, capsys:
 
 
 def test_usage_errors_exit_2_without_traceback() -> None:
-    result = subprocess.run(["python", "-m", "launcher", "submit", "convit_tiny", "--backend", "kubeflow"],
-                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    result = subprocess.run(
+        ["python", "-m", "launcher", "submit", "convit_tiny", "--backend", "kubeflow"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -117,7 +122,9 @@ def test_helm_rejects_bad_values(key: str, value: object, tmp_path: Path) -> Non
     section, _, field = key.rpartition(".")
     override = {section: {field: value}} if section else {field: value}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(override))
-    result = helm("template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"), "-f", str(tmp_path / "bad.yaml"))
+    result = helm(
+        "template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"), "-f", str(tmp_path / "bad.yaml")
+    )
     assert result.returncode != 0 and "schema" in result.stderr
 
 
@@ -130,8 +137,22 @@ def test_dataset_tree_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert data_main(["prepare", "--src", f"file://{tmp_path}/flat", "--dst", f"file://{tmp_path}/o2"]) == 1
     assert "malformed ImageFolder tree" in capsys.readouterr().err
     # A non-UTF-8 file name: handled safely (kept, reported by its escaped name if it fails to decode).
-    assert data_main(["make-sample", "--dst", f"file://{tmp_path}/odd", "--classes", "2", "--per-class", "2",
-                      "--val-per-class", "0"]) == 0  # fmt: skip
+    assert (
+        data_main(
+            [
+                "make-sample",
+                "--dst",
+                f"file://{tmp_path}/odd",
+                "--classes",
+                "2",
+                "--per-class",
+                "2",
+                "--val-per-class",
+                "0",
+            ]
+        )
+        == 0
+    )
     odd = os.fsencode(str(tmp_path / "odd" / "train" / "n00000000")) + b"/caf\xe9.JPEG"
     with open(odd, "wb") as handle:
         handle.write(b"")  # also zero bytes

@@ -77,8 +77,14 @@ def test_chart_renders_the_same_objects_as_the_launcher(recipe: str, backend: st
 
 
 def test_overrides_reach_both_renderers_alike(tmp_path: Path) -> None:
-    sets = ["cluster.pods=3", "cluster.active_deadline_seconds=3600", "storage.endpoint=https://s3.example.com",
-            "storage.region=eu-west-1", "name=custom-run", "cluster.namespace=ml-team"]  # fmt: skip
+    sets = [
+        "cluster.pods=3",
+        "cluster.active_deadline_seconds=3600",
+        "storage.endpoint=https://s3.example.com",
+        "storage.region=eu-west-1",
+        "name=custom-run",
+        "cluster.namespace=ml-team",
+    ]
     job_file = REPO / "jobs" / "convit_base.yaml"
     ours = [normalise(o) for o in render_objects(load_job(str(job_file), sets))]
     theirs = [normalise(o) for o in helm_objects(job_file, *sets)]
@@ -115,7 +121,9 @@ def test_chart_requires_a_job_file() -> None:
 
 
 def test_generated_chart_files_are_up_to_date() -> None:
-    assert json.loads((CHART / "values.schema.json").read_text()) == values_schema(), "run: python -m convit.jobspec write"
+    assert json.loads((CHART / "values.schema.json").read_text()) == values_schema(), (
+        "run: python -m convit.jobspec write"
+    )
     assert (CHART / "values.yaml").read_text() == values_yaml(), "run: python -m convit.jobspec write"
     assert (CHART / "README.md").read_text() == chart_readme(), "run: python -m convit.jobspec write"
 

@@ -25,17 +25,35 @@ PLAIN = ["augment.mixup=0.0", "augment.cutmix=0.0", "train.label_smoothing=0.0",
 
 
 def _spec(uri: str, layout: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_job("convit_tiny", [f"data.uri={uri}", f"data.layout={layout}", "train.batch_size=4",
-                                    "data.workers=1", *extra])  # fmt: skip
+    return load_job(
+        "convit_tiny", [f"data.uri={uri}", f"data.layout={layout}", "train.batch_size=4", "data.workers=1", *extra]
+    )
 
 
 @pytest.fixture(scope="module")
 def sample_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("data")
-    assert data_main(["make-sample", "--dst", f"file://{root}/img", "--classes", "5", "--per-class", "7",
-                      "--val-per-class", "2"]) == 0  # fmt: skip
-    assert data_main(["prepare", "--src", f"file://{root}/img", "--dst", f"file://{root}/shards",
-                      "--shard-size", "100KB", "--quiet"]) == 0  # fmt: skip
+    assert (
+        data_main(
+            ["make-sample", "--dst", f"file://{root}/img", "--classes", "5", "--per-class", "7", "--val-per-class", "2"]
+        )
+        == 0
+    )
+    assert (
+        data_main(
+            [
+                "prepare",
+                "--src",
+                f"file://{root}/img",
+                "--dst",
+                f"file://{root}/shards",
+                "--shard-size",
+                "100KB",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return {"imagefolder": f"file://{root}/img", "shards": f"file://{root}/shards", "root": str(root)}
 
 
@@ -108,8 +126,12 @@ def _corrupt_set(root: Path) -> dict[str, bytes]:
     sof = good.find(b"\xff\xc0")
     huge = bytearray(good)
     huge[sof + 5 : sof + 9] = (9000).to_bytes(2, "big") + (9000).to_bytes(2, "big")  # claims 81 MP
-    return {"truncated.JPEG": good[: len(good) // 3], "empty.JPEG": b"", "garbage.JPEG": os.urandom(3000),
-            "huge.JPEG": bytes(huge)}  # fmt: skip
+    return {
+        "truncated.JPEG": good[: len(good) // 3],
+        "empty.JPEG": b"",
+        "garbage.JPEG": os.urandom(3000),
+        "huge.JPEG": bytes(huge),
+    }
 
 
 def test_corrupt_images_are_skipped_counted_and_reported(
@@ -155,16 +177,27 @@ def test_mixup_and_label_smoothing_targets() -> None:
     assert np.allclose(smooth.sum(1), 1.0) and np.isclose(smooth[0, 0], 0.91) and np.isclose(smooth[0, 1], 0.01)
     images = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
     for _ in range(5):
-        _, targets = mix_batch(images.copy(), labels, num_classes=10, smoothing=0.1, mixup_alpha=0.2,
-                               cutmix_alpha=1.0, switch_prob=0.5, rng=rng)  # fmt: skip
+        _, targets = mix_batch(
+            images.copy(),
+            labels,
+            num_classes=10,
+            smoothing=0.1,
+            mixup_alpha=0.2,
+            cutmix_alpha=1.0,
+            switch_prob=0.5,
+            rng=rng,
+        )
         assert np.allclose(targets.sum(1), 1.0)
         assert np.all(targets[:, 4:] <= 0.01 + 1e-6)  # mass only on the batch's own (and smoothed) classes
 
 
 def test_reads_retry_through_injected_server_errors(
-    sample_dirs: dict[str, str], bucket: str, s3: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    sample_dirs: dict[str, str],
+    bucket: str,
+    s3: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     src = open_storage(sample_dirs["shards"])
     dst = open_storage(f"s3://{bucket}/shards")
     for key in src.list():
@@ -201,7 +234,9 @@ def test_outage_longer_than_the_budget_is_one_clear_error(
         assert open_storage(f"s3://{bucket}").get("k") == b"v"
 
 
-def test_missing_bucket_prefix_or_index_are_clear_errors(s3: dict[str, str], bucket: str, sample_dirs: dict[str, str]) -> None:
+def test_missing_bucket_prefix_or_index_are_clear_errors(
+    s3: dict[str, str], bucket: str, sample_dirs: dict[str, str]
+) -> None:
     with pytest.raises(DataError, match="bucket 'no-such-bucket' does not exist"):
         build_train_loader(_spec("s3://no-such-bucket/x", "shards"), 0, 1)
     with pytest.raises(DataError, match="no images under"):
@@ -232,14 +267,20 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_prepare_resumes_after_an_interruption(sample_dirs: dict[str, str], tmp_path: Path) -> None:
     dst = f"file://{tmp_path}/shards"
-    assert data_main(["prepare", "--src", sample_dirs["imagefolder"], "--dst", dst, "--shard-size", "100KB", "--quiet"]) == 0
+    assert (
+        data_main(["prepare", "--src", sample_dirs["imagefolder"], "--dst", dst, "--shard-size", "100KB", "--quiet"])
+        == 0
+    )
     store = open_storage(dst)
     first = {k: store.get(k) for k in store.list() if k.endswith(".shard")}
     victim = sorted(first)[1]
     store.delete("index.json")
     store.put(victim, b"half")  # an interrupted upload: size and checksum no longer match the marker
     mtimes = {k: (tmp_path / "shards" / k).stat().st_mtime_ns for k in first}
-    assert data_main(["prepare", "--src", sample_dirs["imagefolder"], "--dst", dst, "--shard-size", "100KB", "--quiet"]) == 0
+    assert (
+        data_main(["prepare", "--src", sample_dirs["imagefolder"], "--dst", dst, "--shard-size", "100KB", "--quiet"])
+        == 0
+    )
     assert {k: store.get(k) for k in first} == first
     rewritten = [k for k in first if (tmp_path / "shards" / k).stat().st_mtime_ns != mtimes[k]]
     assert rewritten == [victim] and store.exists("index.json")

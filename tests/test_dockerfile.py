@@ -39,8 +39,14 @@ def test_rendered_command_runs_and_every_env_name_is_read_by_the_package() -> No
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and "--job" in result.stdout
     source = "\n".join(p.read_text() for p in (REPO / "convit").rglob("*.py"))
-    standard = {"HOME", "PYTHONUNBUFFERED", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                "AWS_ENDPOINT_URL_S3"}  # read by Python, boto3 and MindSpore themselves  # fmt: skip
+    standard = {
+        "HOME",
+        "PYTHONUNBUFFERED",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL_S3",
+    }  # read by Python, boto3 and MindSpore themselves
     constants = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
     for item in container["env"]:
         name = item["name"]

@@ -19,28 +19,55 @@ SPEC_PARAMS = {
     "convit_base": 86_540_040,
     "convit_base_plus": 153_134_856,
 }
-SPEC_WIDTH = {"convit_tiny": (192, 4), "convit_tiny_plus": (256, 4), "convit_small": (432, 9),
-              "convit_small_plus": (576, 9), "convit_base": (768, 16), "convit_base_plus": (1024, 16)}  # fmt: skip
+SPEC_WIDTH = {
+    "convit_tiny": (192, 4),
+    "convit_tiny_plus": (256, 4),
+    "convit_small": (432, 9),
+    "convit_small_plus": (576, 9),
+    "convit_base": (768, 16),
+    "convit_base_plus": (1024, 16),
+}
 
 
 def spec_keys(dim: int, heads: int) -> dict[str, tuple[int, ...]]:
     """The 194 MindCV checkpoint names and shapes, from the spec's rules."""
     keys: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, dim), "pos_embed": (1, 196, dim), "patch_embed.proj.weight": (dim, 3, 16, 16),
-        "patch_embed.proj.bias": (dim,), "norm.gamma": (dim,), "norm.beta": (dim,),
-        "classifier.weight": (1000, dim), "classifier.bias": (1000,),
-    }  # fmt: skip
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 196, dim),
+        "patch_embed.proj.weight": (dim, 3, 16, 16),
+        "patch_embed.proj.bias": (dim,),
+        "norm.gamma": (dim,),
+        "norm.beta": (dim,),
+        "classifier.weight": (1000, dim),
+        "classifier.bias": (1000,),
+    }
     for i in range(12):
         b = f"blocks.{i}"
-        keys.update({f"{b}.norm1.gamma": (dim,), f"{b}.norm1.beta": (dim,), f"{b}.norm2.gamma": (dim,),
-                     f"{b}.norm2.beta": (dim,), f"{b}.attn.q.weight": (dim, dim), f"{b}.attn.k.weight": (dim, dim),
-                     f"{b}.attn.v.weight": (dim, dim), f"{b}.attn.proj.weight": (dim, dim),
-                     f"{b}.attn.proj.bias": (dim,), f"{b}.mlp.fc1.weight": (4 * dim, dim),
-                     f"{b}.mlp.fc1.bias": (4 * dim,), f"{b}.mlp.fc2.weight": (dim, 4 * dim),
-                     f"{b}.mlp.fc2.bias": (dim,)})  # fmt: skip
+        keys.update(
+            {
+                f"{b}.norm1.gamma": (dim,),
+                f"{b}.norm1.beta": (dim,),
+                f"{b}.norm2.gamma": (dim,),
+                f"{b}.norm2.beta": (dim,),
+                f"{b}.attn.q.weight": (dim, dim),
+                f"{b}.attn.k.weight": (dim, dim),
+                f"{b}.attn.v.weight": (dim, dim),
+                f"{b}.attn.proj.weight": (dim, dim),
+                f"{b}.attn.proj.bias": (dim,),
+                f"{b}.mlp.fc1.weight": (4 * dim, dim),
+                f"{b}.mlp.fc1.bias": (4 * dim,),
+                f"{b}.mlp.fc2.weight": (dim, 4 * dim),
+                f"{b}.mlp.fc2.bias": (dim,),
+            }
+        )
         if i < 10:
-            keys.update({f"{b}.attn.gating_param": (heads,), f"{b}.attn.pos_proj.weight": (heads, 3),
-                         f"{b}.attn.pos_proj.bias": (heads,)})  # fmt: skip
+            keys.update(
+                {
+                    f"{b}.attn.gating_param": (heads,),
+                    f"{b}.attn.pos_proj.weight": (heads, 3),
+                    f"{b}.attn.pos_proj.bias": (heads,),
+                }
+            )
     return keys
 
 
@@ -178,7 +205,9 @@ def _train_steps(mode: int, steps: int) -> list[float]:
     ms.set_seed(0)
     model = create_model("convit_tiny", num_classes=4, drop_path_rate=0.0)
     opt = nn.AdamWeightDecay(model.trainable_params(), learning_rate=5e-4, weight_decay=0.05)
-    step = nn.TrainOneStepCell(nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=False, reduction="mean")), opt)
+    step = nn.TrainOneStepCell(
+        nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=False, reduction="mean")), opt
+    )
     step.set_train(True)
     x = ms.Tensor(_random_input(4, seed=2))
     y = ms.Tensor(np.eye(4, dtype=np.float32))

@@ -31,7 +31,7 @@ def test_every_object_validates_against_its_schema(recipe: str, backend: str) ->
     objects = render_objects(load_job(recipe, [f"cluster.backend={backend}"]))
     for obj in objects:
         validate(obj)
-    assert [o["kind"] for o in objects][0] == "ConfigMap"
+    assert next(o["kind"] for o in objects) == "ConfigMap"
 
 
 def test_schema_validation_can_fail() -> None:
@@ -50,7 +50,9 @@ def test_schema_validation_can_fail() -> None:
 def test_ascend_pod_shape(backend: str) -> None:
     spec = load_job("convit_small_plus", [f"cluster.backend={backend}", "cluster.pods=4"])
     objects = render_objects(spec)
-    workers = [p for p in _pods(objects) if any("huawei.com/Ascend910" in c["resources"]["limits"] for c in p["containers"])]
+    workers = [
+        p for p in _pods(objects) if any("huawei.com/Ascend910" in c["resources"]["limits"] for c in p["containers"])
+    ]
     assert len(workers) == 1
     pod = workers[0]
     container = pod["containers"][0]
@@ -134,11 +136,19 @@ def test_hostile_values_render_as_literal_strings(override: str) -> None:
 @pytest.mark.parametrize(
     "override",
     [
-        "name=bad\nname", "name=Upper", "name=x" * 30, "cluster.namespace=kube system", "cluster.image=img\"; rm -rf /",
-        "cluster.node_selector={\"a\": \"b\\nc\"}", "cluster.cpu=64; echo", "storage.endpoint=http://user:pw@host",
-        "storage.secret=a/b", "data.uri=http://example.com/x", "data.uri=s3://bucket/../etc",
+        "name=bad\nname",
+        "name=Upper",
+        "name=x" * 30,
+        "cluster.namespace=kube system",
+        'cluster.image=img"; rm -rf /',
+        'cluster.node_selector={"a": "b\\nc"}',
+        "cluster.cpu=64; echo",
+        "storage.endpoint=http://user:pw@host",
+        "storage.secret=a/b",
+        "data.uri=http://example.com/x",
+        "data.uri=s3://bucket/../etc",
     ],
-)  # fmt: skip
+)
 def test_hostile_values_that_could_change_structure_are_rejected(override: str) -> None:
     with pytest.raises(JobSpecError):
         load_job("convit_tiny", [override])

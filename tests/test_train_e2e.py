@@ -19,10 +19,24 @@ pytestmark = pytest.mark.slow
 
 def _make_sample(dst: str, classes: int, per_class: int, val_per_class: int) -> None:
     subprocess.run(
-        [sys.executable, "-m", "convit.data", "make-sample", "--dst", dst, "--classes", str(classes),
-         "--per-class", str(per_class), "--val-per-class", str(val_per_class)],
-        check=True, cwd=REPO, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "convit.data",
+            "make-sample",
+            "--dst",
+            dst,
+            "--classes",
+            str(classes),
+            "--per-class",
+            str(per_class),
+            "--val-per-class",
+            str(val_per_class),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
 
 
 def _weights(uri_root: Path | str, step: int) -> dict[str, np.ndarray]:
@@ -47,8 +61,13 @@ def s3_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     from tests.support.s3server import s3_env
 
     env = s3_env(s3_endpoint)
-    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="e2e")
     import os
 
@@ -63,8 +82,14 @@ def s3_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 def _args(ckpt: str, *extra: str) -> list[str]:
-    sets = [*SMALL_RUN, "data.uri=s3://e2e/sample", "data.layout=imagefolder", f"checkpoint.uri={ckpt}",
-            "model.drop_path_rate=0.0", *extra]  # fmt: skip
+    sets = [
+        *SMALL_RUN,
+        "data.uri=s3://e2e/sample",
+        "data.layout=imagefolder",
+        f"checkpoint.uri={ckpt}",
+        "model.drop_path_rate=0.0",
+        *extra,
+    ]
     return ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
 
 
@@ -84,9 +109,9 @@ def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
     # Same job, killed with SIGKILL (no chance to save) right after the step-4 checkpoint is published.
     pod = PodRun(_args(resumed, *common), pod_env(1, 2, 0, free_port(), s3_sample), tmp_path / "killed.log")
     pod.wait_for("checkpoint step 4 ", timeout=400)
-    from convit.storage import open_storage
-
     import os
+
+    from convit.storage import open_storage
 
     os.environ.update(s3_sample)
     store = open_storage(resumed)
@@ -132,14 +157,34 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(s3_sample: dict[str, str]
 def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
     data = f"file://{tmp_path}/data"
     _make_sample(data, classes=4, per_class=16, val_per_class=4)
-    sets = ["train.batch_size=8", "train.epochs=6", "train.warmup_epochs=1", "train.lr=1e-3",
-            "train.label_smoothing=0.0", "augment.mixup=0.0", "augment.cutmix=0.0", "augment.re_prob=0.0",
-            "augment.color_jitter=0.0", "augment.scale_min=0.5", "model.drop_path_rate=0.0", "data.workers=1",
-            "data.layout=imagefolder", f"data.uri={data}", f"checkpoint.uri=file://{tmp_path}/ckpt",
-            "logging.interval_steps=1", "logging.format=json"]  # fmt: skip
+    sets = [
+        "train.batch_size=8",
+        "train.epochs=6",
+        "train.warmup_epochs=1",
+        "train.lr=1e-3",
+        "train.label_smoothing=0.0",
+        "augment.mixup=0.0",
+        "augment.cutmix=0.0",
+        "augment.re_prob=0.0",
+        "augment.color_jitter=0.0",
+        "augment.scale_min=0.5",
+        "model.drop_path_rate=0.0",
+        "data.workers=1",
+        "data.layout=imagefolder",
+        f"data.uri={data}",
+        f"checkpoint.uri=file://{tmp_path}/ckpt",
+        "logging.interval_steps=1",
+        "logging.format=json",
+    ]
     args = ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
-    proc = subprocess.run([sys.executable, "-m", "convit.train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env={**pod_env(1, 1, 0, 0), "MS_LOCAL_WORKER": ""})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "convit.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**pod_env(1, 1, 0, 0), "MS_LOCAL_WORKER": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     losses = [e["loss"] for e in events if e["event"] == "progress"]

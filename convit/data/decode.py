@@ -6,9 +6,12 @@ refused cheaply. Non-JPEG images (PNG) fall back to OpenCV.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import simplejpeg
+from numpy.typing import NDArray
 
 MAX_PIXELS = 50_000_000  # refuse larger images: 50 MP decodes to 150 MB
 
@@ -32,7 +35,7 @@ def image_size(data: bytes) -> tuple[int, int]:
     raise UndecodableImage("not a JPEG or PNG image")
 
 
-def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
+def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> NDArray[Any]:
     """RGB uint8 (H, W, 3). For JPEGs, the smallest DCT scale whose output is at least `min_size` (h, w)."""
     height, width = image_size(data)
     if height * width > MAX_PIXELS:
@@ -41,12 +44,14 @@ def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
         raise UndecodableImage("zero-sized image")
     try:
         if simplejpeg.is_jpeg(data):
-            return simplejpeg.decode_jpeg(  # type: ignore[no-any-return]
+            pixels: NDArray[Any] = simplejpeg.decode_jpeg(
                 data, colorspace="RGB", min_height=min(min_size[0], height), min_width=min(min_size[1], width)
             )
+            return pixels
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except ValueError as exc:
         raise UndecodableImage(f"corrupt image data ({exc})") from None
     if image is None:
         raise UndecodableImage("corrupt image data")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # type: ignore[no-any-return]
+    rgb: NDArray[Any] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return rgb

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from convit.data.errors import DataError
 from convit.storage import Storage, StorageError
@@ -24,12 +26,12 @@ FORMAT = "convit-shards/1"
 @dataclass
 class SampleTable:
     classes: list[str]
-    labels: np.ndarray  # int32 (n,)
+    labels: NDArray[Any]  # int32 (n,)
     keys: list[str]  # object keys (ImageFolder) or original keys (shards; for reporting)
     shard_keys: list[str]  # empty for ImageFolder
-    shard: np.ndarray | None = None  # int32 (n,) index into shard_keys
-    offset: np.ndarray | None = None  # int64 (n,)
-    length: np.ndarray | None = None  # int64 (n,)
+    shard: NDArray[Any] | None = None  # int32 (n,) index into shard_keys
+    offset: NDArray[Any] | None = None  # int64 (n,)
+    length: NDArray[Any] | None = None  # int64 (n,)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,11 +46,14 @@ class SampleTable:
             return self
         cut = slice(0, limit)
         return SampleTable(
-            self.classes, self.labels[cut], self.keys[:limit], self.shard_keys,
+            self.classes,
+            self.labels[cut],
+            self.keys[:limit],
+            self.shard_keys,
             None if self.shard is None else self.shard[cut],
             None if self.offset is None else self.offset[cut],
             None if self.length is None else self.length[cut],
-        )  # fmt: skip
+        )
 
 
 def list_imagefolder(storage: Storage, split: str, classes: list[str] | None = None) -> SampleTable:
@@ -89,8 +94,14 @@ def write_shard_index(storage: Storage, classes: list[str], splits: dict[str, Sa
     for split, table in splits.items():
         assert table.shard is not None and table.offset is not None and table.length is not None
         buffer = io.BytesIO()
-        np.savez(buffer, labels=table.labels, shard=table.shard, offset=table.offset, length=table.length,
-                 keys=np.array(table.keys))  # fmt: skip
+        np.savez(
+            buffer,
+            labels=table.labels,
+            shard=table.shard,
+            offset=table.offset,
+            length=table.length,
+            keys=np.array(table.keys),
+        )
         storage.put(f"{split}.samples.npz", buffer.getvalue())
         meta["splits"][split] = {  # type: ignore[index]
             "num_samples": len(table),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from convit.data.errors import DataError
 from convit.data.index import SampleTable, open_split
@@ -80,23 +82,26 @@ class TrainLoader:
             self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
         return self._workers
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         """Batches `start_step`..steps_per_epoch-1 of `epoch`: (float32 N,3,224,224 images, soft targets)."""
         seed, batch = self.spec.train.seed, self.batch
         block = SHARD_BLOCK if self.table.sharded else 1
-        plan = rank_plan(self.num_samples, seed=seed, epoch=epoch, rank=self.rank, world=self.world,
-                         batch=batch, block=block)  # fmt: skip
+        plan = rank_plan(
+            self.num_samples, seed=seed, epoch=epoch, rank=self.rank, world=self.world, batch=batch, block=block
+        )
         start = start_step * batch
         bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(plan), WINDOW), len(plan)]
-        tasks = (("train", plan[a:b], seed, epoch, self.augment, 0.0) for a, b in zip(bounds, bounds[1:], strict=False) if b > a)
-        images: list[np.ndarray] = []
-        boxes: list[np.ndarray] = []
-        labels: list[np.ndarray] = []
+        tasks = (("train", plan[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a)
+        images: list[NDArray[Any]] = []
+        boxes: list[NDArray[Any]] = []
+        labels: list[NDArray[Any]] = []
         have, step = 0, start_step
         for result in self._pool().map(tasks):
             self._report(result)
             if len(result.labels) == 0:
-                raise DataError(f"{self.spec.data.uri}: every image of a window of {len(result.failures)} failed to decode")
+                raise DataError(
+                    f"{self.spec.data.uri}: every image of a window of {len(result.failures)} failed to decode"
+                )
             images.append(result.images)
             boxes.append(result.boxes)
             labels.append(result.labels)
@@ -108,18 +113,33 @@ class TrainLoader:
                 yield self._finish(img[:batch], box[:batch], lab[:batch], epoch, step)
                 step += 1
 
-    def _finish(self, img: np.ndarray, box: np.ndarray, lab: np.ndarray, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def _finish(
+        self, img: NDArray[Any], box: NDArray[Any], lab: NDArray[Any], epoch: int, step: int
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
         a, t = self.spec.augment, self.spec.train
         x = normalize(img, box)
         rng = epoch_rng(t.seed, epoch, self.rank, step, 7)
-        return mix_batch(x, lab, num_classes=self.spec.model.num_classes, smoothing=t.label_smoothing,
-                         mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob, rng=rng)  # fmt: skip
+        return mix_batch(
+            x,
+            lab,
+            num_classes=self.spec.model.num_classes,
+            smoothing=t.label_smoothing,
+            mixup_alpha=a.mixup,
+            cutmix_alpha=a.cutmix,
+            switch_prob=a.mixup_switch_prob,
+            rng=rng,
+        )
 
     def _report(self, result: WindowResult) -> None:
         for index, reason in result.failures:
             self.skipped += 1
-            log.warning("data: skipped undecodable image %s/%s (%s); %d skipped so far",
-                        self.spec.data.uri, self.table.keys[index], reason, self.skipped)  # fmt: skip
+            log.warning(
+                "data: skipped undecodable image %s/%s (%s); %d skipped so far",
+                self.spec.data.uri,
+                self.table.keys[index],
+                reason,
+                self.skipped,
+            )
 
     def close(self) -> None:
         workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
@@ -140,7 +160,7 @@ class ValLoader:
         self.skipped = 0
         self._workers: _Workers | None = None
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(self, batch_size: int) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         if self._workers is None:
             self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
         crop = self.spec.eval.crop_pct
@@ -148,8 +168,12 @@ class ValLoader:
         for result in self._workers.map(tasks):
             for index, reason in result.failures:
                 self.skipped += 1
-                log.warning("data: skipped undecodable validation image %s/%s (%s)",
-                            self.spec.data.uri, self.table.keys[index], reason)  # fmt: skip
+                log.warning(
+                    "data: skipped undecodable validation image %s/%s (%s)",
+                    self.spec.data.uri,
+                    self.table.keys[index],
+                    reason,
+                )
             if len(result.labels):
                 yield normalize(result.images), result.labels
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 
-def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float) -> np.ndarray:
+def smooth_one_hot(labels: NDArray[Any], num_classes: int, smoothing: float) -> NDArray[Any]:
     off = smoothing / num_classes
     out = np.full((len(labels), num_classes), off, dtype=np.float32)
     out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
@@ -13,9 +16,16 @@ def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float) -> np
 
 
 def mix_batch(
-    images: np.ndarray, labels: np.ndarray, *, num_classes: int, smoothing: float, mixup_alpha: float,
-    cutmix_alpha: float, switch_prob: float, rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    images: NDArray[Any],
+    labels: NDArray[Any],
+    *,
+    num_classes: int,
+    smoothing: float,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float,
+    rng: np.random.Generator,
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Mix each sample with the batch reversed; returns (images, soft targets). Images are mixed in place."""
     targets = smooth_one_hot(labels, num_classes, smoothing)
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)

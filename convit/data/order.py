@@ -14,7 +14,10 @@ exactly the samples it had not seen. Decode workers never influence the plan.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 WINDOW = 256  # samples per local-shuffle window (and per decode task)
 
@@ -23,8 +26,9 @@ def epoch_rng(seed: int, *parts: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *parts]))
 
 
-def rank_plan(num_samples: int, *, seed: int, epoch: int, rank: int, world: int, batch: int,
-              block: int = 1) -> np.ndarray:  # fmt: skip
+def rank_plan(
+    num_samples: int, *, seed: int, epoch: int, rank: int, world: int, batch: int, block: int = 1
+) -> NDArray[Any]:
     """The sample indices rank `rank` reads in epoch `epoch`: steps_per_epoch x batch of them."""
     need = (num_samples // (batch * world)) * batch
     num_blocks = -(-num_samples // block)
@@ -49,7 +53,7 @@ def rank_plan(num_samples: int, *, seed: int, epoch: int, rank: int, world: int,
     return mine
 
 
-def val_plan(num_samples: int, rank: int, world: int) -> np.ndarray:
+def val_plan(num_samples: int, rank: int, world: int) -> NDArray[Any]:
     """Validation: contiguous, disjoint parts that together cover every sample once (no padding)."""
     bounds = np.linspace(0, num_samples, world + 1).astype(np.int64)
     return np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)

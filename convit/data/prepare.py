@@ -23,12 +23,11 @@ from convit.storage import Storage, StorageError
 def parse_size(text: str) -> int:
     units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1}
     upper = text.strip().upper()
-    for unit, factor in units.items():
+    number, factor = upper, 1
+    for unit, size in units.items():
         if upper.endswith(unit):
-            number = upper[: -len(unit)]
+            number, factor = upper[: -len(unit)], size
             break
-    else:
-        number, factor = upper, 1
     try:
         value = int(float(number) * factor)
     except ValueError:
@@ -60,7 +59,8 @@ def prepare(src: Storage, dst: Storage, shard_size: int, seed: int = 0, quiet: b
     with ThreadPoolExecutor(16) as threads:
         for split, table in splits.items():
             order = np.random.default_rng(seed).permutation(len(table))
-            sizes = list(threads.map(lambda i: src.size(table.keys[int(i)]) or 0, order))
+            keys = table.keys
+            sizes = list(threads.map(lambda i, keys=keys: src.size(keys[int(i)]) or 0, order))
             # Cut the shuffled order into shards of about shard_size bytes.
             groups: list[list[int]] = [[]]
             filled = 0
@@ -79,9 +79,9 @@ def prepare(src: Storage, dst: Storage, shard_size: int, seed: int = 0, quiet: b
             for g, group in enumerate(groups):
                 if not quiet:
                     _progress(g, len(groups), f"{split} shards")
-                blobs = list(threads.map(lambda i: src.get(table.keys[i]), group))
+                blobs = list(threads.map(lambda i, keys=keys: src.get(keys[i]), group))
                 at = 0
-                for slot, (i, blob) in enumerate(zip(group, blobs, strict=True)):
+                for slot, blob in enumerate(blobs):
                     pos = len(positions) + slot
                     shard[pos], offset[pos], length[pos] = g, at, len(blob)
                     at += len(blob)
@@ -96,9 +96,14 @@ def prepare(src: Storage, dst: Storage, shard_size: int, seed: int = 0, quiet: b
                 _progress(len(groups), len(groups), f"{split} shards")
             idx = np.asarray(positions, dtype=np.int64)
             tables[split] = SampleTable(
-                classes=train.classes, labels=table.labels[idx], keys=[table.keys[i] for i in idx],
-                shard_keys=shard_keys, shard=shard, offset=offset, length=length,
-            )  # fmt: skip
+                classes=train.classes,
+                labels=table.labels[idx],
+                keys=[table.keys[i] for i in idx],
+                shard_keys=shard_keys,
+                shard=shard,
+                offset=offset,
+                length=length,
+            )
             counts[split] = n
     write_shard_index(dst, train.classes, tables)
     return counts

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from convit.data.autoaugment import auto_augment
 from convit.data.decode import decode, image_size
@@ -32,29 +34,31 @@ class TrainAugment:
     re_prob: float = 0.25
 
 
-def random_resized_crop_box(height: int, width: int, scale_min: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int, width: int, scale_min: float, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of torchvision's RandomResizedCrop, ratio 3/4..4/3."""
     area = height * width
     log_ratio = (math.log(3 / 4), math.log(4 / 3))
     for _ in range(10):
         target = area * rng.uniform(scale_min, 1.0)
         aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     ratio = width / height  # fallback: centre crop at the nearest allowed ratio
     if ratio < 3 / 4:
-        w, h = width, int(round(width / (3 / 4)))
+        w, h = width, round(width / (3 / 4))
     elif ratio > 4 / 3:
-        h, w = height, int(round(height * (4 / 3)))
+        h, w = height, round(height * (4 / 3))
     else:
         w, h = width, height
     h, w = min(h, height), min(w, width)
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+def _color_jitter(image: NDArray[Any], strength: float, rng: np.random.Generator) -> NDArray[Any]:
     """Brightness, contrast and saturation factors in [1 - s, 1 + s], applied in random order."""
     img = image.astype(np.float32)
     factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=3)
@@ -79,14 +83,16 @@ def erasing_box(rng: np.random.Generator, prob: float) -> tuple[int, int, int, i
     for _ in range(10):
         target = SIZE * SIZE * rng.uniform(0.02, 1 / 3)
         aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
-        h = int(round(math.sqrt(target * aspect)))
-        w = int(round(math.sqrt(target / aspect)))
+        h = round(math.sqrt(target * aspect))
+        w = round(math.sqrt(target / aspect))
         if w < SIZE and h < SIZE:
             return int(rng.integers(0, SIZE - h + 1)), int(rng.integers(0, SIZE - w + 1)), h, w
     return NO_BOX
 
 
-def train_sample(data: bytes, aug: TrainAugment, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def train_sample(
+    data: bytes, aug: TrainAugment, rng: np.random.Generator
+) -> tuple[NDArray[Any], tuple[int, int, int, int]]:
     """(uint8 224x224x3 image, erasing box) for one training image."""
     height, width = image_size(data)
     top, left, h, w = random_resized_crop_box(height, width, aug.scale_min, rng)
@@ -94,7 +100,7 @@ def train_sample(data: bytes, aug: TrainAugment, rng: np.random.Generator) -> tu
     image = decode(data, (math.ceil(height * SIZE / h), math.ceil(width * SIZE / w)))
     sy, sx = image.shape[0] / height, image.shape[1] / width
     y0, x0 = int(top * sy), int(left * sx)
-    y1, x1 = max(y0 + 1, int(round((top + h) * sy))), max(x0 + 1, int(round((left + w) * sx)))
+    y1, x1 = max(y0 + 1, round((top + h) * sy)), max(x0 + 1, round((left + w) * sx))
     out = cv2.resize(image[y0:y1, x0:x1], (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
     if rng.random() < aug.hflip:
         out = out[:, ::-1]
@@ -105,21 +111,21 @@ def train_sample(data: bytes, aug: TrainAugment, rng: np.random.Generator) -> tu
     return np.ascontiguousarray(out), erasing_box(rng, aug.re_prob)
 
 
-def eval_sample(data: bytes, crop_pct: float) -> np.ndarray:
+def eval_sample(data: bytes, crop_pct: float) -> NDArray[Any]:
     """Resize the shorter side to floor(224 / crop_pct) (bicubic), then centre-crop 224."""
     height, width = image_size(data)
-    short = int(math.floor(SIZE / crop_pct))
+    short = math.floor(SIZE / crop_pct)
     if height <= width:
-        new_h, new_w = short, max(short, int(round(width * short / height)))
+        new_h, new_w = short, max(short, round(width * short / height))
     else:
-        new_w, new_h = short, max(short, int(round(height * short / width)))
+        new_w, new_h = short, max(short, round(height * short / width))
     image = decode(data, (new_h, new_w))
     image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
     top, left = (new_h - SIZE) // 2, (new_w - SIZE) // 2
     return np.ascontiguousarray(image[top : top + SIZE, left : left + SIZE])
 
 
-def normalize(batch: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+def normalize(batch: NDArray[Any], boxes: NDArray[Any] | None = None) -> NDArray[Any]:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) with ImageNet mean/std; erasing boxes set to 0."""
     out = ((batch.astype(np.float32) - MEAN) / STD).transpose(0, 3, 1, 2)
     out = np.ascontiguousarray(out)

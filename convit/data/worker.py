@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from convit.data.decode import UndecodableImage
 from convit.data.index import SampleTable
@@ -25,10 +26,10 @@ _state: dict[str, Any] = {}
 
 @dataclass
 class WindowResult:
-    images: np.ndarray  # uint8 (n, 224, 224, 3)
-    boxes: np.ndarray  # int32 (n, 4) random-erasing boxes
-    labels: np.ndarray  # int32 (n,)
-    indices: np.ndarray  # int64 (n,) sample index actually in each slot
+    images: NDArray[Any]  # uint8 (n, 224, 224, 3)
+    boxes: NDArray[Any]  # int32 (n, 4) random-erasing boxes
+    labels: NDArray[Any]  # int32 (n,)
+    indices: NDArray[Any]  # int64 (n,) sample index actually in each slot
     failures: list[tuple[int, str]] = field(default_factory=list)  # (sample index, reason)
 
 
@@ -38,9 +39,12 @@ def init_worker(uri: str, table: SampleTable) -> None:
     _state["threads"] = ThreadPoolExecutor(8)
 
 
-def fetch(storage: Storage, table: SampleTable, indices: np.ndarray, threads: ThreadPoolExecutor) -> list[bytes | StorageError]:
+def fetch(
+    storage: Storage, table: SampleTable, indices: NDArray[Any], threads: ThreadPoolExecutor
+) -> list[bytes | StorageError]:
     """The bytes of each sample, in order; a failed read is returned as its StorageError."""
     if not table.sharded:
+
         def get(i: int) -> bytes | StorageError:
             try:
                 return storage.get(table.keys[i])
@@ -49,12 +53,13 @@ def fetch(storage: Storage, table: SampleTable, indices: np.ndarray, threads: Th
 
         return list(threads.map(get, [int(i) for i in indices]))
     assert table.shard is not None and table.offset is not None and table.length is not None
+    shards, offsets, lengths = table.shard, table.offset, table.length
     out: list[bytes | StorageError] = [b""] * len(indices)
-    order = sorted(range(len(indices)), key=lambda j: (table.shard[indices[j]], table.offset[indices[j]]))
+    order = sorted(range(len(indices)), key=lambda j: (shards[indices[j]], offsets[indices[j]]))
     runs: list[tuple[int, int, int, list[int]]] = []  # shard, start, end, slots
     for j in order:
         i = indices[j]
-        shard, start, end = int(table.shard[i]), int(table.offset[i]), int(table.offset[i] + table.length[i])
+        shard, start, end = int(shards[i]), int(offsets[i]), int(offsets[i] + lengths[i])
         if runs and runs[-1][0] == shard and start - runs[-1][2] <= MERGE_GAP and end - runs[-1][1] <= MAX_RUN:
             s, a, b, slots = runs[-1]
             runs[-1] = (s, a, max(b, end), [*slots, j])
@@ -71,14 +76,14 @@ def fetch(storage: Storage, table: SampleTable, indices: np.ndarray, threads: Th
             return
         for j in slots:
             i = indices[j]
-            a = int(table.offset[i]) - start
-            out[j] = blob[a : a + int(table.length[i])]
+            a = int(offsets[i]) - start
+            out[j] = blob[a : a + int(lengths[i])]
 
     list(threads.map(read, runs))
     return out
 
 
-def load_window(task: tuple[str, np.ndarray, int, int, TrainAugment | None, float]) -> WindowResult:
+def load_window(task: tuple[str, NDArray[Any], int, int, TrainAugment | None, float]) -> WindowResult:
     """task = (kind, sample indices, seed, epoch, train augment or None, eval crop_pct)."""
     kind, indices, seed, epoch, aug, crop_pct = task
     storage: Storage = _state["storage"]

@@ -21,10 +21,15 @@ RBAC_SCHEMA = {
     "description": "Create a Role and RoleBinding with exactly what the launcher needs.",
     "properties": {
         "create": {"type": "boolean", "default": False, "description": "Create the Role and RoleBinding."},
-        "serviceAccount": {"type": "string", "default": "convit-launcher", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                           "maxLength": 63, "description": "ServiceAccount the launcher runs as."},
+        "serviceAccount": {
+            "type": "string",
+            "default": "convit-launcher",
+            "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            "maxLength": 63,
+            "description": "ServiceAccount the launcher runs as.",
+        },
     },
-}  # fmt: skip
+}
 RBAC_DEFAULTS = {"create": False, "serviceAccount": "convit-launcher"}
 
 

@@ -29,7 +29,7 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases/anchors are not allowed in job files", event.start_mark
             )
@@ -44,9 +44,7 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, "mapping keys must be plain scalars", key_node.start_mark
                 )
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -75,7 +73,7 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
     if len(text.encode("utf-8", "surrogateescape")) > MAX_JOB_FILE_BYTES:
         raise JobSpecError(f"{source}: larger than {MAX_JOB_FILE_BYTES} bytes, refusing to parse")
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

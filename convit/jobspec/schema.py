@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 # A DNS-1123 label, short enough that "<name>-<pod index>-<5 random chars>" stays within 63 characters.
 JOB_NAME_MAX = 45
@@ -32,6 +32,7 @@ MODEL_NAMES = (
     "convit_base_plus",
 )
 
+JsonDict = dict[str, JsonValue]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -41,9 +42,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _schema(pattern: str, max_length: int | None = None) -> dict[str, object]:
+def _schema(pattern: str, max_length: int | None = None) -> JsonDict:
     """JSON-schema-only constraints (values.schema.json), mirroring a field validator for helm."""
-    extra: dict[str, object] = {"pattern": pattern}
+    extra: JsonDict = {"pattern": pattern}
     if max_length is not None:
         extra["maxLength"] = max_length
     return extra
@@ -73,7 +74,8 @@ class ModelSpec(_Section):
         0.1, description="Stochastic depth rate of the last block (rises linearly from 0)."
     )
     pretrained: str = Field(
-        "", description="URI of a MindCV or convit checkpoint to start from (weights only); empty for none.",
+        "",
+        description="URI of a MindCV or convit checkpoint to start from (weights only); empty for none.",
         json_schema_extra=_schema(r"^$|" + _URI_PATTERN),
     )
 
@@ -86,7 +88,9 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     """Where ImageNet lives and how it is read."""
 
-    uri: str = Field(description="Dataset root: s3://bucket/prefix or file:///path.", json_schema_extra=_schema(_URI_PATTERN))
+    uri: str = Field(
+        description="Dataset root: s3://bucket/prefix or file:///path.", json_schema_extra=_schema(_URI_PATTERN)
+    )
     layout: Literal["shards", "imagefolder"] = Field(
         "shards", description="'shards' (python -m convit.data prepare) or a plain ImageFolder tree."
     )
@@ -240,15 +244,24 @@ class ClusterSpec(_Section):
         "huawei.com/Ascend910", description="Extended resource of the Ascend device plugin."
     )
     image: str = Field(
-        "convit-train:0.1.0", description="Training image (see Dockerfile).",
+        "convit-train:0.1.0",
+        description="Training image (see Dockerfile).",
         json_schema_extra=_schema(_IMAGE.pattern, 255),
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="When the kubelet pulls the image."
     )
-    cpu: str = Field("64", description="CPU request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
-    memory: str = Field("512Gi", description="Memory request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
-    shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm for data loader workers.", json_schema_extra=_schema(_K8S_QUANTITY.pattern))
+    cpu: str = Field(
+        "64", description="CPU request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern)
+    )
+    memory: str = Field(
+        "512Gi", description="Memory request and limit per pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern)
+    )
+    shm_size: str = Field(
+        "64Gi",
+        description="Size of the in-memory /dev/shm for data loader workers.",
+        json_schema_extra=_schema(_K8S_QUANTITY.pattern),
+    )
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"accelerator-type": "module"}, description="Node selector of the pods."
     )
@@ -268,7 +281,8 @@ class ClusterSpec(_Section):
         300, description="Grace period for the final checkpoint on SIGTERM."
     )
     queue: str = Field(
-        "default", description="Volcano queue (volcano and ascendjob backends).",
+        "default",
+        description="Volcano queue (volcano and ascendjob backends).",
         json_schema_extra=_schema(_DNS_PATTERN, 63),
     )
 

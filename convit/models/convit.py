@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from numpy.typing import NDArray
 
 from convit.errors import ConvitError
 from convit.models.layers import DropPath, Mlp, PatchEmbed, dense, trunc_normal
@@ -19,12 +20,13 @@ IMAGE_SIZE = 224
 PATCH_SIZE = 16
 
 
-def relative_indices(grid: int) -> np.ndarray:
+def relative_indices(grid: int) -> NDArray[Any]:
     """(1, N, N, 3) with entry [i, j] = (dx, dy, dx^2 + dy^2) between patches i and j of a grid x grid image."""
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     dx = cols[None, :] - cols[:, None]
     dy = rows[None, :] - rows[:, None]
-    return np.stack([dx, dy, dx * dx + dy * dy], axis=-1)[None].astype(np.float32)
+    table: NDArray[Any] = np.stack([dx, dy, dx * dx + dy * dy], axis=-1)[None].astype(np.float32)
+    return table
 
 
 class GPSA(nn.Cell):  # type: ignore[misc]
@@ -101,9 +103,17 @@ class MHSA(nn.Cell):  # type: ignore[misc]
 
 class Block(nn.Cell):  # type: ignore[misc]
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, drop_path: float, use_gpsa: bool, grid: int,
-        eps: float, exact_gelu: bool, locality_strength: float,
-    ) -> None:  # fmt: skip
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        use_gpsa: bool,
+        grid: int,
+        eps: float,
+        exact_gelu: bool,
+        locality_strength: float,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm((dim,), epsilon=eps)
         self.attn = GPSA(dim, heads, grid, locality_strength) if use_gpsa else MHSA(dim, heads)
@@ -127,10 +137,18 @@ class ConViT(nn.Cell):  # type: ignore[misc]
     """
 
     def __init__(
-        self, embed_dim: int, num_heads: int, num_classes: int = 1000, depth: int = 12, mlp_ratio: float = 4.0,
-        local_up_to_layer: int = 10, drop_path_rate: float = 0.1, locality_strength: float = 1.0,
-        layer_norm_eps: float = 1e-7, exact_gelu: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_classes: int = 1000,
+        depth: int = 12,
+        mlp_ratio: float = 4.0,
+        local_up_to_layer: int = 10,
+        drop_path_rate: float = 0.1,
+        locality_strength: float = 1.0,
+        layer_norm_eps: float = 1e-7,
+        exact_gelu: bool = False,
+    ) -> None:
         super().__init__()
         grid = IMAGE_SIZE // PATCH_SIZE
         self.num_classes = num_classes
@@ -142,8 +160,17 @@ class ConViT(nn.Cell):  # type: ignore[misc]
         rates = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList(
             [
-                Block(embed_dim, num_heads, mlp_ratio, rates[i], i < local_up_to_layer, grid,
-                      layer_norm_eps, exact_gelu, locality_strength)  # fmt: skip
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    rates[i],
+                    i < local_up_to_layer,
+                    grid,
+                    layer_norm_eps,
+                    exact_gelu,
+                    locality_strength,
+                )
                 for i in range(depth)
             ]
         )
@@ -201,4 +228,3 @@ _VARIANT_TABLE = {
 }
 for _name, _hparams in _VARIANT_TABLE.items():
     register_variant(_name, _build, **_hparams)
-

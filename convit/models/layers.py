@@ -20,9 +20,7 @@ def zeros(shape: tuple[int, ...]) -> Any:
 
 def dense(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
     """Dense with the ConViT init: weights truncated normal (std 0.02), bias 0."""
-    return nn.Dense(
-        in_dim, out_dim, weight_init=trunc_normal((out_dim, in_dim)), bias_init="zeros", has_bias=bias
-    )
+    return nn.Dense(in_dim, out_dim, weight_init=trunc_normal((out_dim, in_dim)), bias_init="zeros", has_bias=bias)
 
 
 class _ConvParams(nn.Cell):  # type: ignore[misc]

@@ -37,9 +37,14 @@ def load_weights(model: Any, params: Mapping[str, Any], *, strict: bool = True) 
     ]
     problems = []
     if missing and strict:
-        problems.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+        problems.append(
+            f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+        )
     if unexpected and strict:
-        problems.append(f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
+        problems.append(
+            f"unexpected {', '.join(unexpected[:3])}"
+            + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+        )
     problems.extend(mismatched[:3])
     if problems:
         name = getattr(model, "variant_name", type(model).__name__)

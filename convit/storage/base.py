@@ -49,6 +49,7 @@ class Storage(abc.ABC):
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
+    @abc.abstractmethod
     def check_root(self) -> None:
         """Raise StorageError when the root (bucket or directory) does not exist."""
 

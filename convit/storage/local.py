@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from convit.storage.base import Storage, StorageError, check_key
 
@@ -38,13 +39,13 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise StorageError(f"{self.uri}/{key} does not exist") from None
 
-    def _atomic_write(self, key: str, write: object) -> None:
+    def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                write(handle)  # type: ignore[operator]
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
@@ -56,9 +57,9 @@ class LocalStorage(Storage):
         self._atomic_write(key, lambda h: h.write(data))
 
     def put_file(self, key: str, path: Path) -> None:
-        def copy(handle: object) -> None:
+        def copy(handle: BinaryIO) -> None:
             with open(path, "rb") as src:
-                shutil.copyfileobj(src, handle, 8 << 20)  # type: ignore[misc]
+                shutil.copyfileobj(src, handle, 8 << 20)
 
         self._atomic_write(key, copy)
 

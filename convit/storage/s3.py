@@ -32,9 +32,19 @@ log = logging.getLogger("convit.storage")
 T = TypeVar("T")
 
 _RETRYABLE_CODES = {
-    "500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
-    "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "TooManyRequests",
-}  # fmt: skip
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "TooManyRequests",
+}
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _client_lock = threading.Lock()
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -168,9 +178,7 @@ class S3Storage(Storage):
 
     def put_file(self, key: str, path: Path) -> None:
         config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4)
-        self._call(
-            "PUT", key, lambda: _client().upload_file(str(path), self.bucket, self._key(key), Config=config)
-        )
+        self._call("PUT", key, lambda: _client().upload_file(str(path), self.bucket, self._key(key), Config=config))
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = f"{self.prefix}/" if self.prefix else ""

@@ -21,10 +21,19 @@ from convit.jobspec.load import JobSpecError
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m convit.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--job", default=os.environ.get("CONVIT_JOB_FILE", contract.JOB_FILE),
-                        help="recipe name from jobs/ or a job file (YAML or JSON)")  # fmt: skip
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a job value, e.g. train.lr=1e-3 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--job",
+        default=os.environ.get("CONVIT_JOB_FILE", contract.JOB_FILE),
+        help="recipe name from jobs/ or a job file (YAML or JSON)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job value, e.g. train.lr=1e-3 (repeatable)",
+    )
     parser.add_argument("--max-steps", type=int, help="stop after this many global steps")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--data", help="override data.uri")
@@ -38,8 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def overrides_of(args: argparse.Namespace) -> list[str]:
     sets = list(args.overrides)
-    for flag, key in (("max_steps", "train.max_steps"), ("epochs", "train.epochs"), ("data", "data.uri"),
-                      ("output", "checkpoint.uri"), ("log_format", "logging.format")):  # fmt: skip
+    for flag, key in (
+        ("max_steps", "train.max_steps"),
+        ("epochs", "train.epochs"),
+        ("data", "data.uri"),
+        ("output", "checkpoint.uri"),
+        ("log_format", "logging.format"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             sets.append(f"{key}={value}")

@@ -14,6 +14,7 @@ back to the previous complete checkpoint when one is corrupt, truncated or does 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -104,9 +105,7 @@ class CheckpointStore:
             weights.chmod(0o600)
             weights.unlink()
         write(weights)
-        info = CheckpointMeta(
-            sha256=sha256_file(weights), size=weights.stat().st_size, saved_at=time.time(), **meta
-        )
+        info = CheckpointMeta(sha256=sha256_file(weights), size=weights.stat().st_size, saved_at=time.time(), **meta)
         if background:
             self._upload = threading.Thread(target=self._run_upload, args=(info, local_dir), daemon=True)
             self._upload.start()
@@ -143,10 +142,8 @@ class CheckpointStore:
     def _prune(self) -> None:
         steps = self.complete_steps()
         protected: set[int] = set()
-        try:
+        with contextlib.suppress(StorageError, ValueError, KeyError):
             protected.add(int(json.loads(self.storage.get(BEST))["step"]))
-        except (StorageError, ValueError, KeyError):
-            pass
         for step in steps[: max(0, len(steps) - self.keep_last)]:
             if step in protected:
                 continue

@@ -44,7 +44,7 @@ class Trainer:
         import mindspore as ms
 
         from convit.data import build_train_loader, build_val_loader
-        from convit.models import create_model, count_params
+        from convit.models import count_params, create_model
 
         self.spec = spec
         self.runtime = runtime
@@ -167,9 +167,13 @@ class Trainer:
         top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
         self.last_top1 = top1
         self.progress.validation(
-            epoch=self.epoch + (1 if self.epoch_step else 0), step=self.global_step, top1=top1, top5=top5, samples=samples,
+            epoch=self.epoch + (1 if self.epoch_step else 0),
+            step=self.global_step,
+            top1=top1,
+            top5=top5,
+            samples=samples,
             seconds=time.monotonic() - started,
-        )  # fmt: skip
+        )
 
     def _should_stop(self) -> bool:
         """All ranks agree to stop at the same step, or the collectives of the next step would hang."""
@@ -186,13 +190,22 @@ class Trainer:
         spec, rt = self.spec, self.runtime
         global_batch = spec.train.batch_size * rt.world_size
         self.progress.start(
-            model=spec.model.name, params=self.params, world_size=rt.world_size, device=rt.device,
-            batch_per_card=spec.train.batch_size, global_batch=global_batch,
-            train_samples=self.train_loader.num_samples, val_samples=self.val_loader.num_samples,
-            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-            resume=(f"step {resumed.step} (epoch {resumed.epoch + 1}, step {resumed.epoch_step} of it)"
-                    if resumed else "none"),
-        )  # fmt: skip
+            model=spec.model.name,
+            params=self.params,
+            world_size=rt.world_size,
+            device=rt.device,
+            batch_per_card=spec.train.batch_size,
+            global_batch=global_batch,
+            train_samples=self.train_loader.num_samples,
+            val_samples=self.val_loader.num_samples,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            resume=(
+                f"step {resumed.step} (epoch {resumed.epoch + 1}, step {resumed.epoch_step} of it)"
+                if resumed
+                else "none"
+            ),
+        )
         if self.global_step >= self.total_steps:
             self.progress.done(step=self.global_step, reason="already complete")
             return 0
@@ -216,11 +229,16 @@ class Trainer:
                     step_time = (now - window_start) / window_steps
                     step_times.append(step_time)
                     self.progress.step(
-                        epoch=epoch + 1, epochs=spec.train.epochs, step=self.global_step, steps=self.total_steps,
-                        loss=loss, lr=float(self.lrs[min(self.global_step, len(self.lrs)) - 1]),
-                        images_per_s=global_batch / step_time, step_time=step_time,
+                        epoch=epoch + 1,
+                        epochs=spec.train.epochs,
+                        step=self.global_step,
+                        steps=self.total_steps,
+                        loss=loss,
+                        lr=float(self.lrs[min(self.global_step, len(self.lrs)) - 1]),
+                        images_per_s=global_batch / step_time,
+                        step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
-                    )  # fmt: skip
+                    )
                     window_start, window_steps = now, 0
                 del tick
                 if self.epoch_step == self.steps_per_epoch:

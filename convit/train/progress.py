@@ -47,22 +47,39 @@ class Progress:
         self._emit("start", text, facts)
 
     def step(
-        self, *, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
-        images_per_s: float, step_time: float, eta_s: float,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        epoch: int,
+        epochs: int,
+        step: int,
+        steps: int,
+        loss: float,
+        lr: float,
+        images_per_s: float,
+        step_time: float,
+        eta_s: float,
+    ) -> None:
         text = (
             f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.2e} "
             f"img/s {images_per_s:.1f} s/step {step_time:.3f} eta {format_duration(eta_s)}"
         )
         fields = {
-            "epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": round(loss, 6),
-            "lr": lr, "images_per_s": round(images_per_s, 2), "step_time": round(step_time, 4),
+            "epoch": epoch,
+            "epochs": epochs,
+            "step": step,
+            "steps": steps,
+            "loss": round(loss, 6),
+            "lr": lr,
+            "images_per_s": round(images_per_s, 2),
+            "step_time": round(step_time, 4),
             "eta_s": round(eta_s, 1),
-        }  # fmt: skip
+        }
         self._emit("progress", text, fields)
 
     def validation(self, *, epoch: int, step: int, top1: float, top5: float, samples: int, seconds: float) -> None:
-        text = f"validation epoch {epoch} step {step} top1 {top1:.2f} top5 {top5:.2f} samples {samples} ({seconds:.1f}s)"
+        text = (
+            f"validation epoch {epoch} step {step} top1 {top1:.2f} top5 {top5:.2f} samples {samples} ({seconds:.1f}s)"
+        )
         self._emit(
             "validation",
             text,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from convit.jobspec.schema import TrainSpec
 
 
-def lr_schedule(train: TrainSpec, steps_per_epoch: int) -> np.ndarray:
+def lr_schedule(train: TrainSpec, steps_per_epoch: int) -> NDArray[Any]:
     """One float32 LR per global step of the whole recipe (epochs x steps_per_epoch)."""
     total = train.epochs * steps_per_epoch
     warmup = train.warmup_epochs * steps_per_epoch

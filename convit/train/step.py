@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 
 from convit.jobspec.schema import JobSpec
 
 
-def build_optimizer(model: Any, spec: JobSpec, lrs: np.ndarray) -> Any:
+def build_optimizer(model: Any, spec: JobSpec, lrs: NDArray[Any]) -> Any:
     """AdamW with weight decay on every tensor (the recipe's choice) and a per-step LR table."""
     import mindspore as ms
     from mindspore import nn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,8 +56,8 @@ class Backend(abc.ABC):
         """Lines of pod `rank` (None: every pod, each line prefixed with `[pod-i]`)."""
 
     @abc.abstractmethod
-    def list(self) -> list[JobSummary]: ...
+    def list(self) -> builtins.list[JobSummary]: ...
 
     @abc.abstractmethod
-    def delete(self, name: str) -> list[str]:
+    def delete(self, name: str) -> builtins.list[str]:
         """Delete the job and what it created; returns what was deleted, as `Kind/name`."""

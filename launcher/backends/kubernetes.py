@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import functools
 import os
 import queue
 import threading
@@ -33,11 +35,13 @@ class KubernetesBackend(Backend):
         configuration = client.Configuration()
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-                config.load_incluster_config(client_configuration=configuration)
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             else:
                 # The client reads $KUBECONFIG once, at import; read it now so the current value counts.
                 path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-                config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path, context=context, client_configuration=configuration
+                )
         except (config.ConfigException, OSError) as exc:
             raise LauncherError(
                 f"no usable kubeconfig ({str(exc).splitlines()[0]}): set KUBECONFIG or run inside a cluster"
@@ -45,9 +49,10 @@ class KubernetesBackend(Backend):
         configuration.retries = 1
         self.host = configuration.host
         api = client.ApiClient(configuration)
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        # Bodies are the rendered dicts, which the client sends as they are; its typed models are not used.
+        self.core: Any = client.CoreV1Api(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
 
     # ---- errors --------------------------------------------------------------------------------------------
     def _call(self, action: str, what: str, fn: Callable[[], T]) -> T:
@@ -85,8 +90,11 @@ class KubernetesBackend(Backend):
             self._call("create", what, lambda: self.batch.create_namespaced_job(ns, obj, **opts))
         else:
             group, version, plural = VOLCANO if kind == "Job" else ASCEND
-            self._call("create", what, lambda: self.custom.create_namespaced_custom_object(
-                group, version, ns, plural, obj, **opts))  # fmt: skip
+            self._call(
+                "create",
+                what,
+                lambda: self.custom.create_namespaced_custom_object(group, version, ns, plural, obj, **opts),
+            )
 
     def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
         self.namespace = spec.cluster.namespace
@@ -109,16 +117,29 @@ class KubernetesBackend(Backend):
     def _workload(self, name: str) -> tuple[str, dict[str, Any]]:
         """('job'|'volcano'|'ascendjob', object) of job `name`."""
         try:
-            job = self._call("get", f"Job {name!r}", lambda: self.batch.read_namespaced_job(
-                name, self.namespace, _request_timeout=self.timeout))  # fmt: skip
+            job = self._call(
+                "get",
+                f"Job {name!r}",
+                lambda: self.batch.read_namespaced_job(name, self.namespace, _request_timeout=self.timeout),
+            )
             return "job", self.batch.api_client.sanitize_for_serialization(job)
         except _NotFound:
             pass
         for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
             try:
-                obj = self._call("get", f"{plural} {name!r}", lambda g=group, v=version, p=plural:
-                                 self.custom.get_namespaced_custom_object(g, v, self.namespace, p, name,
-                                                                          _request_timeout=self.timeout))  # fmt: skip
+                obj = self._call(
+                    "get",
+                    f"{plural} {name!r}",
+                    functools.partial(
+                        self.custom.get_namespaced_custom_object,
+                        group,
+                        version,
+                        self.namespace,
+                        plural,
+                        name,
+                        _request_timeout=self.timeout,
+                    ),
+                )
                 return kind, obj
             except _NotFound:
                 continue
@@ -126,8 +147,13 @@ class KubernetesBackend(Backend):
 
     def _pods(self, name: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=worker"
-        pods = self._call("list", f"pods of job {name!r}", lambda: self.core.list_namespaced_pod(
-            self.namespace, label_selector=selector, _request_timeout=self.timeout))  # fmt: skip
+        pods = self._call(
+            "list",
+            f"pods of job {name!r}",
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=selector, _request_timeout=self.timeout
+            ),
+        )
         items: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(pods).get("items", [])
         return items
 
@@ -142,7 +168,7 @@ class KubernetesBackend(Backend):
             return "Running" if status.get("active") else "Pending"
         if kind == "volcano":
             phase = (status.get("state") or {}).get("phase", "Pending")
-            return {"Completed": "Succeeded", "Aborted": "Failed", "Terminated": "Failed"}.get(phase, phase)
+            return str({"Completed": "Succeeded", "Aborted": "Failed", "Terminated": "Failed"}.get(phase, phase))
         conditions = status.get("conditions") or []
         last = conditions[-1].get("type", "Pending") if conditions else "Pending"
         return {"Succeeded": "Succeeded", "Failed": "Failed", "Running": "Running"}.get(last, "Pending")
@@ -156,9 +182,17 @@ class KubernetesBackend(Backend):
         rank0 = [p for p in pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")]
         if rank0:
             try:
-                text = self._call("read logs of", f"pod {rank0[-1].name!r}", lambda: self.core.read_namespaced_pod_log(
-                    rank0[-1].name, self.namespace, container=CONTAINER, tail_lines=200,
-                    _request_timeout=self.timeout))  # fmt: skip
+                text = self._call(
+                    "read logs of",
+                    f"pod {rank0[-1].name!r}",
+                    lambda: self.core.read_namespaced_pod_log(
+                        rank0[-1].name,
+                        self.namespace,
+                        container=CONTAINER,
+                        tail_lines=200,
+                        _request_timeout=self.timeout,
+                    ),
+                )
                 progress = latest_progress(str(text).splitlines())
             except LauncherError:
                 progress = None
@@ -194,8 +228,13 @@ class KubernetesBackend(Backend):
             time.sleep(2)
 
     def _stream(self, pod: str, follow: bool) -> Iterator[str]:
-        response = self._call("read logs of", f"pod {pod!r}", lambda: self.core.read_namespaced_pod_log(
-            pod, self.namespace, container=CONTAINER, follow=follow, _preload_content=False))  # fmt: skip
+        response = self._call(
+            "read logs of",
+            f"pod {pod!r}",
+            lambda: self.core.read_namespaced_pod_log(
+                pod, self.namespace, container=CONTAINER, follow=follow, _preload_content=False
+            ),
+        )
         buffer = b""
         try:
             for chunk in response.stream(4096):
@@ -236,19 +275,33 @@ class KubernetesBackend(Backend):
                 yield item
 
     # ---- list, delete ---------------------------------------------------------------------------------------
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         selector = f"app.kubernetes.io/name={APP}"
         out: list[JobSummary] = []
-        jobs = self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
-            self.namespace, label_selector=selector, _request_timeout=self.timeout))  # fmt: skip
+        jobs = self._call(
+            "list",
+            "jobs",
+            lambda: self.batch.list_namespaced_job(
+                self.namespace, label_selector=selector, _request_timeout=self.timeout
+            ),
+        )
         for job in self.batch.api_client.sanitize_for_serialization(jobs).get("items", []):
             out.append(JobSummary(job["metadata"]["name"], self.namespace, self._phase("job", job), "Job"))
         for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
             try:
-                items = self._call("list", plural, lambda g=group, v=version, p=plural:
-                                   self.custom.list_namespaced_custom_object(g, v, self.namespace, p,
-                                                                             label_selector=selector,
-                                                                             _request_timeout=self.timeout))  # fmt: skip
+                items = self._call(
+                    "list",
+                    plural,
+                    functools.partial(
+                        self.custom.list_namespaced_custom_object,
+                        group,
+                        version,
+                        self.namespace,
+                        plural,
+                        label_selector=selector,
+                        _request_timeout=self.timeout,
+                    ),
+                )
             except _NotFound:  # the CRD is not installed
                 continue
             for obj in items.get("items", []):
@@ -268,12 +321,23 @@ class KubernetesBackend(Backend):
             self._call("delete", what, lambda: self.batch.delete_namespaced_job(name, ns, **opts))
         else:
             group, version, plural = VOLCANO if kind == "Job" else ASCEND
-            self._call("delete", what, lambda: self.custom.delete_namespaced_custom_object(
-                group, version, ns, plural, name, propagation_policy="Background",
-                _request_timeout=self.timeout, _preload_content=False))  # fmt: skip
+            self._call(
+                "delete",
+                what,
+                lambda: self.custom.delete_namespaced_custom_object(
+                    group,
+                    version,
+                    ns,
+                    plural,
+                    name,
+                    propagation_policy="Background",
+                    _request_timeout=self.timeout,
+                    _preload_content=False,
+                ),
+            )
 
-    def delete(self, name: str) -> list[str]:
-        kind, obj = self._workload(name)
+    def delete(self, name: str) -> builtins.list[str]:
+        _kind, obj = self._workload(name)
         deleted = []
         self._delete_object(obj["kind"], obj["apiVersion"], name)
         deleted.append(f"{obj['kind']}/{name}")
@@ -283,8 +347,11 @@ class KubernetesBackend(Backend):
             ("ConfigMap", f"{name}-job", self.core.read_namespaced_config_map),
         ):
             try:
-                found = self._call("get", f"{other_kind} {other_name!r}", lambda r=read, n=other_name: r(
-                    n, self.namespace, _request_timeout=self.timeout))  # fmt: skip
+                found = self._call(
+                    "get",
+                    f"{other_kind} {other_name!r}",
+                    functools.partial(read, other_name, self.namespace, _request_timeout=self.timeout),
+                )
             except _NotFound:
                 continue
             labels = (self.core.api_client.sanitize_for_serialization(found).get("metadata") or {}).get("labels") or {}

@@ -11,6 +11,8 @@ and `delete` work from any later launcher invocation.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +57,9 @@ def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(spec["template"])
 
 
-def pod_process(spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+def pod_process(
+    spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int
+) -> tuple[list[str], dict[str, str]]:
     """The command and environment of pod `index`, as the rendered container has them, resolved locally."""
     container = worker_template(objects)["spec"]["containers"][0]
     # This machine's environment stands in for the image's (PATH, AWS settings, ...); the container's own
@@ -71,16 +75,18 @@ def pod_process(spec: JobSpec, objects: list[dict[str, Any]], index: int, state_
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == COMPLETION_INDEX:
             env[item["name"]] = str(index)
     c = spec.cluster
-    env.update({  # what the cluster (or the AscendJob operator) provides
-        contract.ENV_WORLD: str(c.world_size),
-        contract.ENV_LOCAL: str(c.npus_per_pod),
-        contract.ENV_NODE_RANK: str(index),
-        contract.ENV_SCHED_HOST: "127.0.0.1",
-        contract.ENV_SCHED_PORT: str(port),
-        contract.ENV_DEVICE: "CPU",
-        contract.ENV_CACHE_DIR: str(state_dir / "cache"),
-        "HOME": str(state_dir / "home"),
-    })  # fmt: skip
+    env.update(
+        {  # what the cluster (or the AscendJob operator) provides
+            contract.ENV_WORLD: str(c.world_size),
+            contract.ENV_LOCAL: str(c.npus_per_pod),
+            contract.ENV_NODE_RANK: str(index),
+            contract.ENV_SCHED_HOST: "127.0.0.1",
+            contract.ENV_SCHED_PORT: str(port),
+            contract.ENV_DEVICE: "CPU",
+            contract.ENV_CACHE_DIR: str(state_dir / "cache"),
+            "HOME": str(state_dir / "home"),
+        }
+    )
     env.setdefault("GLOG_v", "3")
     command = [sys.executable if part == "python" else part for part in container["command"]]
     args = [str(state_dir / contract.JOB_FILE_NAME) if a == contract.JOB_FILE else a for a in container.get("args", [])]
@@ -106,7 +112,9 @@ class LocalBackend(Backend):
 
     def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
         for what, uri in (("data.uri", spec.data.uri), ("checkpoint.uri", spec.checkpoint.uri)):
-            endpoint = spec.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            endpoint = (
+                spec.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            )
             if uri.startswith("s3://") and not endpoint:
                 raise LauncherError(
                     f"local job {spec.name}: {what} is {uri} but no S3 endpoint is set; pass --data/--output "
@@ -117,8 +125,10 @@ class LocalBackend(Backend):
             return spec.name
         state_dir = self._dir(spec.name)
         if (state_dir / STATE).exists() and not self.status(spec.name).finished:
-            raise LauncherError(f"local job {spec.name} is still running; delete it first: "
-                                f"python -m launcher delete {spec.name} --local")  # fmt: skip
+            raise LauncherError(
+                f"local job {spec.name} is still running; delete it first: "
+                f"python -m launcher delete {spec.name} --local"
+            )
         shutil.rmtree(state_dir, ignore_errors=True)
         (state_dir / "home").mkdir(parents=True)
         (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
@@ -127,14 +137,19 @@ class LocalBackend(Backend):
         log = open(state_dir / "supervisor.log", "wb")
         subprocess.Popen(
             [sys.executable, "-m", "launcher.backends.local", str(state_dir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return spec.name
 
     def status(self, name: str) -> JobStatus:
         state = self._state(name)
-        pods = [PodStatus(p["index"], f"{name}-{p['index']}", p["phase"], p.get("restarts", 0), "localhost")
-                for p in state.get("pods", [])]  # fmt: skip
+        pods = [
+            PodStatus(p["index"], f"{name}-{p['index']}", p["phase"], p.get("restarts", 0), "localhost")
+            for p in state.get("pods", [])
+        ]
         log = self._dir(name) / "pod-0.log"
         progress = latest_progress(_tail(log)) if log.exists() else None
         return JobStatus(name, self.namespace, state.get("phase", "Pending"), pods, progress)
@@ -168,23 +183,23 @@ class LocalBackend(Backend):
     def _spec(self, name: str) -> dict[str, Any]:
         return dict(json.loads((self._dir(name) / "spec.json").read_text()))
 
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         out = []
         if self.home.is_dir():
             for path in sorted(self.home.iterdir()):
                 if (path / STATE).exists():
                     state = self._state(path.name)
-                    out.append(JobSummary(path.name, self.namespace, state.get("phase", "?"), "local", state.get("model", "")))
+                    out.append(
+                        JobSummary(path.name, self.namespace, state.get("phase", "?"), "local", state.get("model", ""))
+                    )
         return out
 
-    def delete(self, name: str) -> list[str]:
+    def delete(self, name: str) -> builtins.list[str]:
         state = self._state(name)
         pid = state.get("supervisor")
         if pid and not self.status(name).finished:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not self.status(name).finished:
                 time.sleep(0.5)
@@ -202,10 +217,8 @@ def _tail(path: Path, limit: int = 64 * 1024) -> list[str]:
 
 def _kill_group(pid: Any, sig: int) -> None:
     if pid:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pid), sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 # ---- the detached supervisor ----------------------------------------------------------------------------------
@@ -232,10 +245,20 @@ def supervise(state_dir: Path) -> int:
         procs = []
         for index in range(spec.cluster.pods):
             command, env = pod_process(spec, objects, index, state_dir, port)
-            log = open(state_dir / f"pod-{index}.log", "ab")
-            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
-        state["pods"] = [{"index": i, "pid": p.pid, "phase": "Running", "restarts": restarts} for i, p in enumerate(procs)]
+            pod_log = open(state_dir / f"pod-{index}.log", "ab")
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=pod_log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        state["pods"] = [
+            {"index": i, "pid": p.pid, "phase": "Running", "restarts": restarts} for i, p in enumerate(procs)
+        ]
         save()
         forwarded = False
         while any(p.poll() is None for p in procs):
@@ -268,9 +291,10 @@ def supervise(state_dir: Path) -> int:
             save()
             return 1
         restarts += 1
+        limit = spec.cluster.backoff_limit
         for index in range(spec.cluster.pods):
             with open(state_dir / f"pod-{index}.log", "a") as log:
-                log.write(f"--- pod {index} restarted ({restarts}/{spec.cluster.backoff_limit}) after exit codes {codes} ---\n")
+                log.write(f"--- pod {index} restarted ({restarts}/{limit}) after exit codes {codes} ---\n")
         save()
 
 

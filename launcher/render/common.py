@@ -35,7 +35,11 @@ def labels(spec: JobSpec, component: str) -> dict[str, str]:
 
 
 def metadata(spec: JobSpec, name: str, component: str, extra_labels: dict[str, str] | None = None) -> Obj:
-    return {"name": name, "namespace": spec.cluster.namespace, "labels": {**labels(spec, component), **(extra_labels or {})}}
+    return {
+        "name": name,
+        "namespace": spec.cluster.namespace,
+        "labels": {**labels(spec, component), **(extra_labels or {})},
+    }
 
 
 def configmap_name(spec: JobSpec) -> str:
@@ -142,14 +146,19 @@ def pod_spec(spec: JobSpec, env: list[Obj], *, npus: bool = True, subdomain: str
     if c.node_selector:
         pod["nodeSelector"] = dict(c.node_selector)
     if c.tolerations:
-        pod["tolerations"] = [
-            {k: v for k, v in t.model_dump().items() if v != ""} for t in c.tolerations
-        ]
+        pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v != ""} for t in c.tolerations]
     return pod
 
 
-def pod_template(spec: JobSpec, env: list[Obj], component: str, *, npus: bool = True,
-                 subdomain: str | None = None, extra_labels: dict[str, str] | None = None) -> Obj:  # fmt: skip
+def pod_template(
+    spec: JobSpec,
+    env: list[Obj],
+    component: str,
+    *,
+    npus: bool = True,
+    subdomain: str | None = None,
+    extra_labels: dict[str, str] | None = None,
+) -> Obj:
     return {
         "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
         "spec": pod_spec(spec, env, npus=npus, subdomain=subdomain),

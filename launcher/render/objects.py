@@ -7,8 +7,14 @@ import json
 from convit.cluster import contract
 from convit.jobspec import JobSpec, job_values
 from launcher.render.common import (
-    Obj, cluster_env, configmap_name, env_value, metadata, pod_template, selector_labels,
-)  # fmt: skip
+    Obj,
+    cluster_env,
+    configmap_name,
+    env_value,
+    metadata,
+    pod_template,
+    selector_labels,
+)
 
 # The downward-API annotation a pod of an Indexed Job carries its index in.
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -60,10 +66,12 @@ def indexed_job(spec: JobSpec) -> Obj:
                 # Preemption, eviction and node drains do not count against backoffLimit.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 # Exit code 2 is a usage/config error (a bad job file): retrying cannot help.
-                {"action": "FailJob",
-                 "onExitCodes": {"containerName": contract.CONTAINER_NAME, "operator": "In", "values": [2]}},
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": contract.CONTAINER_NAME, "operator": "In", "values": [2]},
+                },
             ]
-        },  # fmt: skip
+        },
         "template": pod_template(spec, env, "worker", subdomain=spec.name),
     }
     if c.active_deadline_seconds:

@@ -56,12 +56,18 @@ class FakeApiServer:
         return [(r.method, r.path) for r in self.requests if method is None or r.method == method]
 
     def kubeconfig(self, path: Path) -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "ml"}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-        }))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "ml"}}],
+                    "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+                }
+            )
+        )
         return path
 
 
@@ -94,7 +100,11 @@ def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
                 return
-            body = reply.body if isinstance(reply.body, str) else json.dumps(reply.body if reply.body is not None else request.body)
+            body = (
+                reply.body
+                if isinstance(reply.body, str)
+                else json.dumps(reply.body if reply.body is not None else request.body)
+            )
             data = body.encode()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json" if not isinstance(reply.body, str) else "text/plain")

@@ -65,8 +65,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if decision in ("error", "outage"):
                 status, code, message = proxy.random.choice(ERRORS) if decision == "error" else ERRORS[2]
-                payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                           f"<Message>{message}</Message></Error>").encode()  # fmt: skip
+                payload = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message></Error>"
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))

@@ -49,7 +49,7 @@ def s3_server(log_dir: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)  # noqa: S310 - loopback only
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

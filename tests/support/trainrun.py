@@ -50,8 +50,12 @@ class PodRun:
         self.handle = open(log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "convit.train", *args],
-            env=env, cwd=REPO, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            cwd=REPO,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -75,8 +79,9 @@ class PodRun:
         os.killpg(self.proc.pid, sig)
 
 
-def run_pod(args: list[str], tmp: Path, name: str, local: int = 2, timeout: float = 600,
-            extra_env: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+def run_pod(
+    args: list[str], tmp: Path, name: str, local: int = 2, timeout: float = 600, extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
     pod = PodRun(args, pod_env(1, local, 0, free_port(), extra_env), tmp / f"{name}.log")
     code = pod.wait(timeout)
     return code, pod.text()
