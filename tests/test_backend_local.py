@@ -121,9 +121,10 @@ def _worker_pids(state_dir: Path) -> list[int]:
             continue
         try:
             env = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"MS_ROLE=MS_WORKER" in env and f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env:
+        if b"convit.train" in cmdline and b"MS_ROLE=MS_WORKER" in env and f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env:
             pids.append(int(proc.name))
     return pids
 
