@@ -7,6 +7,7 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +32,8 @@ class _Workers:
 
     def __init__(self, uri: str, table: SampleTable, workers: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
-        self.pool: multiprocessing.pool.Pool | None = ctx.Pool(workers, init_worker, (uri, table))
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "CONVIT_"))}
+        self.pool: multiprocessing.pool.Pool | None = ctx.Pool(workers, init_worker, (uri, table, env))
         self.depth = 2 * workers
 
     def map(self, tasks: Iterator[Any]) -> Iterator[WindowResult]:
@@ -92,25 +94,33 @@ class TrainLoader:
         start = start_step * batch
         bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(plan), WINDOW), len(plan)]
         tasks = (("train", plan[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a)
-        images: list[NDArray[Any]] = []
-        boxes: list[NDArray[Any]] = []
-        labels: list[NDArray[Any]] = []
-        have, step = 0, start_step
+        pending: collections.deque[WindowResult] = collections.deque()
+        offset = have = 0  # samples of pending[0] already used; samples pending in all
+        step = start_step
         for result in self._pool().map(tasks):
             self._report(result)
             if len(result.labels) == 0:
                 raise DataError(
                     f"{self.spec.data.uri}: every image of a window of {len(result.failures)} failed to decode"
                 )
-            images.append(result.images)
-            boxes.append(result.boxes)
-            labels.append(result.labels)
+            pending.append(result)
             have += len(result.labels)
             while have >= batch:
-                img, box, lab = (np.concatenate(x) for x in (images, boxes, labels))
-                images, boxes, labels = [img[batch:]], [box[batch:]], [lab[batch:]]
+                parts: list[tuple[WindowResult, slice]] = []
+                need = batch
+                while need:  # slices of the pending windows, without re-copying what stays behind
+                    head = pending[0]
+                    take = min(need, len(head.labels) - offset)
+                    parts.append((head, slice(offset, offset + take)))
+                    offset, need = offset + take, need - take
+                    if offset == len(head.labels):
+                        pending.popleft()
+                        offset = 0
                 have -= batch
-                yield self._finish(img[:batch], box[:batch], lab[:batch], epoch, step)
+                img = np.concatenate([r.images[s] for r, s in parts])
+                box = np.concatenate([r.boxes[s] for r, s in parts])
+                lab = np.concatenate([r.labels[s] for r, s in parts])
+                yield self._finish(img, box, lab, epoch, step)
                 step += 1
 
     def _finish(

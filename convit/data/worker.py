@@ -5,6 +5,7 @@ Runs in separate processes (forkserver), so it imports neither MindSpore nor any
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,9 @@ class WindowResult:
     failures: list[tuple[int, str]] = field(default_factory=list)  # (sample index, reason)
 
 
-def init_worker(uri: str, table: SampleTable) -> None:
+def init_worker(uri: str, table: SampleTable, env: dict[str, str]) -> None:
+    # The forkserver was started with the environment of its first use; storage settings may have changed since.
+    os.environ.update(env)
     _state["storage"] = open_storage(uri)
     _state["table"] = table
     _state["threads"] = ThreadPoolExecutor(8)
