@@ -32,7 +32,7 @@ def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    from convit.data.index import SampleTable
+    from convit.data.index import SampleTable, _pack_keys
     from convit.data.order import rank_plan
     from convit.jobspec import load_job
     from launcher.render import render_objects, render_yaml
@@ -74,7 +74,7 @@ def main() -> None:
         shard=table.shard,
         offset=table.offset,
         length=table.length,
-        keys=np.array(table.keys),
+        keys=_pack_keys(table.keys),
     )
     save = time.perf_counter() - start
     start = time.perf_counter()

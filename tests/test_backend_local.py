@@ -124,7 +124,8 @@ def _worker_pids(state_dir: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"convit.train" in cmdline and b"MS_ROLE=MS_WORKER" in env and f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env:
+        mine = f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env
+        if b"convit.train" in cmdline and b"MS_ROLE=MS_WORKER" in env and mine:
             pids.append(int(proc.name))
     return pids
 

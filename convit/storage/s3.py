@@ -67,6 +67,8 @@ def _client() -> Any:
                 connect_timeout=5,
                 read_timeout=30,
                 max_pool_connections=32,
+                # Checkpoints carry their own sha256; skip the per-request CRC that costs training CPU.
+                request_checksum_calculation="when_required",
             )
             session = boto3.session.Session()
             _clients[key] = session.client("s3", endpoint_url=endpoint, config=config)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -114,6 +115,9 @@ class CheckpointStore:
         return info
 
     def _run_upload(self, info: CheckpointMeta, local_dir: Path) -> None:
+        # Lower this thread's CPU priority (Linux threads are schedulable entities): training comes first.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         try:
             self._publish(info, local_dir)
         except BaseException as exc:  # reported by wait() on the training thread
