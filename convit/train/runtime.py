@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from convit.cluster import contract
+from convit.errors import ConvitError
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,33 @@ def init_runtime(device: str | None, pynative: bool = False) -> Runtime:
     if cluster_world_size() > 1:
         from mindspore.communication import get_group_size, get_rank, init
 
-        init()  # HCCL on Ascend, MindSpore's mccl over TCP on the CPU
+        try:
+            init()  # HCCL on Ascend, MindSpore's mccl over TCP on the CPU
+        except RuntimeError as exc:
+            raise ConvitError(cluster_failure(str(exc))) from None
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
         return Runtime(rank=get_rank(), world_size=get_group_size(), local_rank=local_rank, device=device)
     return Runtime(rank=0, world_size=1, local_rank=local_rank, device=device)
+
+
+def cluster_failure(detail: str) -> str:
+    """One line for a cluster that did not form: who we are, how many ranks were expected, who is missing."""
+    world = int(os.environ.get(contract.ENV_WORLD, "1"))
+    me = os.environ.get(contract.ENV_NODE_ID, "?")
+    local = int(os.environ.get(contract.ENV_LOCAL) or 1)
+    pod = int(os.environ.get(contract.ENV_NODE_RANK) or 0)
+    here = set(range(pod * local, (pod + 1) * local))
+    reported = sorted(
+        {int(n) for n in re.findall(r"node(?:_id)?[:= ]+(\d+)", detail)} - {int(me)} if me.isdigit() else set()
+    )
+    missing = reported or sorted(set(range(world)) - here)
+    where = f"{os.environ.get(contract.ENV_SCHED_HOST)}:{os.environ.get(contract.ENV_SCHED_PORT)}"
+    timeout = os.environ.get(contract.ENV_TOPO_TIMEOUT, "the default")
+    ranks = ", ".join(f"rank {r}" for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return (
+        f"the MindSpore cluster did not form within {timeout}s: rank {me} of {world} waited at scheduler {where}; "
+        f"not joined: {ranks or 'unknown'}"
+    )
 
 
 class AllReduceSum:
