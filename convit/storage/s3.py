@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.config
 import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from convit.storage.base import Storage, StorageError, check_key
@@ -78,10 +80,15 @@ def _client() -> Any:
 def _error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
+    if isinstance(exc, S3UploadFailedError):  # the transfer manager wraps the failing request's error in text
+        match = re.search(r"An error occurred \((\w+)\)", str(exc))
+        return match.group(1) if match else "UploadFailed"
     return ""
 
 
 def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, S3UploadFailedError):
+        return _error_code(exc) in (*_RETRYABLE_CODES, "UploadFailed")
     if isinstance(exc, botocore.exceptions.ClientError):
         return _error_code(exc) in _RETRYABLE_CODES
     return isinstance(
@@ -131,7 +138,12 @@ class S3Storage(Storage):
                     f"{what} {where}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                     "or mount a credentials file)"
                 ) from None
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            except (
+                botocore.exceptions.BotoCoreError,
+                botocore.exceptions.ClientError,
+                S3UploadFailedError,
+                OSError,
+            ) as exc:
                 code = _error_code(exc)
                 if code == "NoSuchBucket":
                     raise StorageError(f"{what} {where}: bucket {self.bucket!r} does not exist") from None
