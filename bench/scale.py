@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    from convit.data.index import SampleTable, _pack_keys
+    from convit.data.index import SampleTable, decode_table, encode_table
     from convit.data.order import rank_plan
     from convit.jobspec import load_job
     from launcher.render import render_objects, render_yaml
@@ -66,23 +65,14 @@ def main() -> None:
         length=lengths.astype(np.int64),
     )
     build = time.perf_counter() - start
-    buffer = io.BytesIO()
     start = time.perf_counter()
-    np.savez(
-        buffer,
-        labels=table.labels,
-        shard=table.shard,
-        offset=table.offset,
-        length=table.length,
-        keys=_pack_keys(table.keys),
-    )
+    blob = encode_table(table)
     save = time.perf_counter() - start
     start = time.perf_counter()
-    loaded = np.load(io.BytesIO(buffer.getvalue()))
-    _ = [loaded[k] for k in ("labels", "shard", "offset", "length", "keys")]
+    decode_table(blob)
     load = time.perf_counter() - start
     print(
-        f"build {build:.2f}s, save {save:.2f}s, load {load:.2f}s, table {buffer.tell() / 1e6:.0f} MB, "
+        f"build {build:.2f}s, save {save:.2f}s, load {load:.2f}s, table {len(blob) / 1e6:.0f} MB, "
         f"{len(table.shard_keys)} shards of 256 MB"
     )
     print(f"{'ranks':>6}{'plan s (one rank)':>20}{'samples/rank':>14}")
@@ -98,14 +88,9 @@ def main() -> None:
         print(f"{world:>6}{seconds:>20.3f}{n:>14}")
 
     print("\ncheckpoint size per variant (weights + AdamW m and v, float32)")
-    counts = {
-        "convit_tiny": 5_710_512,
-        "convit_tiny_plus": 9_972_912,
-        "convit_small": 27_777_322,
-        "convit_small_plus": 48_979_882,
-        "convit_base": 86_540_040,
-        "convit_base_plus": 153_134_856,
-    }
+    from convit.models import count_params, create_model, list_models
+
+    counts = {name: count_params(create_model(name)) for name in list_models()}
     for name, params in counts.items():
         print(f"{name:<20}{params * 4 * 3 / 1e6:>8.0f} MB")
 

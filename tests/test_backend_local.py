@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from launcher.__main__ import main
 from launcher.backends.local import LocalBackend
 from tests.support.s3server import SECRET_KEY
-from tests.support.trainrun import REPO
+from tests.support.trainrun import make_sample
 
 pytestmark = pytest.mark.slow
 
@@ -54,25 +52,7 @@ def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("sample")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convit.data",
-            "make-sample",
-            "--dst",
-            f"file://{root}",
-            "--classes",
-            "4",
-            "--per-class",
-            "12",
-            "--val-per-class",
-            "2",
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
+    make_sample(f"file://{root}", 4, 12, 2)
     return f"file://{root}"
 
 

@@ -4,8 +4,6 @@ and a rank that never joins the cluster."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 from convit.storage import open_storage
 from convit.train.checkpoints import CheckpointStore
 from tests.support.faultproxy import fault_proxy
-from tests.support.trainrun import REPO, PodRun, free_port, pod_env
+from tests.support.trainrun import PodRun, free_port, make_sample, pod_env
 
 pytestmark = pytest.mark.slow
 
@@ -45,25 +43,7 @@ def s3_data(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str:
         region_name="us-east-1",
     ).create_bucket(Bucket="faults")
     local = tmp_path_factory.mktemp("faultdata")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convit.data",
-            "make-sample",
-            "--dst",
-            f"file://{local}",
-            "--classes",
-            "4",
-            "--per-class",
-            "8",
-            "--val-per-class",
-            "1",
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
+    make_sample(f"file://{local}", 4, 8, 1)
     import os
 
     saved = dict(os.environ)

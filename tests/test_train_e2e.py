@@ -12,31 +12,9 @@ import numpy as np
 import pytest
 
 from tests.support.s3server import SECRET_KEY
-from tests.support.trainrun import REPO, SMALL_RUN, PodRun, free_port, pod_env, run_pod
+from tests.support.trainrun import REPO, SMALL_RUN, PodRun, free_port, make_sample, pod_env, run_pod
 
 pytestmark = pytest.mark.slow
-
-
-def _make_sample(dst: str, classes: int, per_class: int, val_per_class: int) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convit.data",
-            "make-sample",
-            "--dst",
-            dst,
-            "--classes",
-            str(classes),
-            "--per-class",
-            str(per_class),
-            "--val-per-class",
-            str(val_per_class),
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
 
 
 def _weights(uri_root: Path | str, step: int) -> dict[str, np.ndarray]:
@@ -74,7 +52,7 @@ def s3_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        _make_sample("s3://e2e/sample", classes=4, per_class=12, val_per_class=2)
+        make_sample("s3://e2e/sample", classes=4, per_class=12, val_per_class=2)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -156,7 +134,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(s3_sample: dict[str, str]
 
 def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
     data = f"file://{tmp_path}/data"
-    _make_sample(data, classes=4, per_class=16, val_per_class=4)
+    make_sample(data, classes=4, per_class=16, val_per_class=4)
     sets = [
         "train.batch_size=8",
         "train.epochs=6",

@@ -98,21 +98,25 @@ def _unpack_keys(packed: NDArray[Any]) -> list[str]:
     return packed.tobytes().decode("utf-8", "surrogateescape").split("\0") if packed.size else []
 
 
+def encode_table(table: SampleTable) -> bytes:
+    """A sharded split's sample table as one .npz blob."""
+    assert table.shard is not None and table.offset is not None and table.length is not None
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=table.labels, shard=table.shard, offset=table.offset, length=table.length,
+             keys=_pack_keys(table.keys))  # fmt: skip
+    return buffer.getvalue()
+
+
+def decode_table(blob: bytes) -> dict[str, NDArray[Any]]:
+    arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+    return {name: arrays[name] for name in ("labels", "shard", "offset", "length", "keys")}
+
+
 def write_shard_index(storage: Storage, classes: list[str], splits: dict[str, SampleTable]) -> None:
     """index.json (classes, counts, shards) plus one compact .npz table per split."""
     meta: dict[str, object] = {"format": FORMAT, "classes": classes, "splits": {}}
     for split, table in splits.items():
-        assert table.shard is not None and table.offset is not None and table.length is not None
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            labels=table.labels,
-            shard=table.shard,
-            offset=table.offset,
-            length=table.length,
-            keys=_pack_keys(table.keys),
-        )
-        storage.put(f"{split}.samples.npz", buffer.getvalue())
+        storage.put(f"{split}.samples.npz", encode_table(table))
         meta["splits"][split] = {  # type: ignore[index]
             "num_samples": len(table),
             "shards": table.shard_keys,
@@ -132,7 +136,7 @@ def read_shard_index(storage: Storage, split: str) -> SampleTable:
         raise DataError(f"{storage.uri}/{INDEX_KEY}: not a {FORMAT} index with a {split!r} split")
     info = meta["splits"][split]
     try:
-        arrays = np.load(io.BytesIO(storage.get(info["table"])), allow_pickle=False)
+        arrays = decode_table(storage.get(info["table"]))
     except (StorageError, ValueError, OSError) as exc:
         raise DataError(f"{storage.uri}/{info['table']}: unreadable sample table ({exc})") from None
     return SampleTable(

@@ -62,10 +62,46 @@ def _open(spec: JobSpec, split: str, limit: int) -> SampleTable:
     return open_split(storage, spec.data.layout, split).head(limit)
 
 
-class TrainLoader:
+class _Loader:
+    """What both loaders share: one split's table, a lazily started worker pool, skip reporting."""
+
+    split = ""
+
+    def __init__(self, spec: JobSpec, limit: int) -> None:
+        self.spec = spec
+        self._workers: _Workers | None = None
+        self.skipped = 0
+        self.table = _open(spec, self.split, limit)
+
+    def _pool(self) -> _Workers:
+        if self._workers is None:
+            self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
+        return self._workers
+
+    def _report(self, result: WindowResult) -> None:
+        for index, reason in result.failures:
+            self.skipped += 1
+            log.warning(
+                "data: skipped undecodable %s image %s/%s (%s); %d skipped so far",
+                self.split, self.spec.data.uri, self.table.keys[index], reason, self.skipped,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
+        if workers is not None:
+            workers.close()
+            self._workers = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class TrainLoader(_Loader):
+    split = "train"
+
     def __init__(self, spec: JobSpec, rank: int, world_size: int) -> None:
-        self.spec, self.rank, self.world = spec, rank, world_size
-        self.table = _open(spec, "train", spec.data.limit_train)
+        super().__init__(spec, spec.data.limit_train)
+        self.rank, self.world = rank, world_size
         self.num_samples = len(self.table)
         self.batch = spec.train.batch_size
         self.steps_per_epoch = self.num_samples // (self.batch * world_size)
@@ -76,13 +112,6 @@ class TrainLoader:
             )
         a = spec.augment
         self.augment = TrainAugment(a.scale_min, a.hflip, a.color_jitter, a.auto_augment, a.re_prob)
-        self.skipped = 0
-        self._workers: _Workers | None = None
-
-    def _pool(self) -> _Workers:
-        if self._workers is None:
-            self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
-        return self._workers
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         """Batches `start_step`..steps_per_epoch-1 of `epoch`: (float32 N,3,224,224 images, soft targets)."""
@@ -140,61 +169,22 @@ class TrainLoader:
             rng=rng,
         )
 
-    def _report(self, result: WindowResult) -> None:
-        for index, reason in result.failures:
-            self.skipped += 1
-            log.warning(
-                "data: skipped undecodable image %s/%s (%s); %d skipped so far",
-                self.spec.data.uri,
-                self.table.keys[index],
-                reason,
-                self.skipped,
-            )
 
-    def close(self) -> None:
-        workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
-        if workers is not None:
-            workers.close()
-            self._workers = None
+class ValLoader(_Loader):
+    split = "val"
 
-    def __del__(self) -> None:
-        self.close()
-
-
-class ValLoader:
     def __init__(self, spec: JobSpec, rank: int, world_size: int) -> None:
-        self.spec = spec
-        self.table = _open(spec, "val", spec.data.limit_val)
+        super().__init__(spec, spec.data.limit_val)
         self.plan = val_plan(len(self.table), rank, world_size)
         self.num_samples = len(self.plan)
-        self.skipped = 0
-        self._workers: _Workers | None = None
 
     def batches(self, batch_size: int) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-        if self._workers is None:
-            self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
         crop = self.spec.eval.crop_pct
         tasks = (("val", self.plan[a : a + batch_size], 0, 0, None, crop) for a in range(0, len(self.plan), batch_size))
-        for result in self._workers.map(tasks):
-            for index, reason in result.failures:
-                self.skipped += 1
-                log.warning(
-                    "data: skipped undecodable validation image %s/%s (%s)",
-                    self.spec.data.uri,
-                    self.table.keys[index],
-                    reason,
-                )
+        for result in self._pool().map(tasks):
+            self._report(result)
             if len(result.labels):
                 yield normalize(result.images), result.labels
-
-    def close(self) -> None:
-        workers = getattr(self, "_workers", None)  # None too when __init__ failed before creating it
-        if workers is not None:
-            workers.close()
-            self._workers = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def build_train_loader(spec: JobSpec, rank: int, world_size: int) -> TrainLoader:

@@ -29,10 +29,15 @@ def relative_indices(grid: int) -> NDArray[Any]:
     return table
 
 
-class GPSA(nn.Cell):  # type: ignore[misc]
-    """Gated positional self-attention: a learned per-head mix of content and position attention."""
+def content_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """softmax(q k^T * scale) over the keys, per head."""
+    return ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * scale, axis=-1)
 
-    def __init__(self, dim: int, heads: int, grid: int, locality_strength: float = 1.0) -> None:
+
+class MHSA(nn.Cell):  # type: ignore[misc]
+    """Multi-head self-attention: separate q, k, v projections without bias (MindCV's names), output proj."""
+
+    def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
@@ -41,6 +46,27 @@ class GPSA(nn.Cell):  # type: ignore[misc]
         self.k = dense(dim, dim, bias=False)
         self.v = dense(dim, dim, bias=False)
         self.proj = dense(dim, dim)
+
+    def _split(self, x: Tensor, b: int, n: int) -> Tensor:
+        return x.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def attention(self, q: Tensor, k: Tensor) -> Tensor:
+        return content_attention(q, k, self.scale)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q = self._split(self.q(x), b, n)
+        k = self._split(self.k(x), b, n)
+        v = self._split(self.v(x), b, n)
+        out = ops.matmul(self.attention(q, k), v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj(out)
+
+
+class GPSA(MHSA):
+    """Gated positional self-attention: a learned per-head mix of content and position attention."""
+
+    def __init__(self, dim: int, heads: int, grid: int, locality_strength: float = 1.0) -> None:
+        super().__init__(dim, heads)
         self.pos_proj = dense(3, heads)
         self.gating_param = Parameter(Tensor(np.ones(heads, np.float32)), name="gating_param")
         self.rel_indices = Tensor(relative_indices(grid))  # constant: the grid is fixed at 14x14
@@ -59,46 +85,10 @@ class GPSA(nn.Cell):  # type: ignore[misc]
         self.pos_proj.weight.set_data(Tensor(weight * strength))
         self.pos_proj.bias.set_data(Tensor(np.zeros(self.heads, np.float32)))
 
-    def _split(self, x: Tensor, b: int, n: int) -> Tensor:
-        return x.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-
-    def construct(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        q = self._split(self.q(x), b, n)
-        k = self._split(self.k(x), b, n)
-        v = self._split(self.v(x), b, n)
+    def attention(self, q: Tensor, k: Tensor) -> Tensor:
         pos_score = ops.softmax(self.pos_proj(self.rel_indices).transpose(0, 3, 1, 2), axis=-1)
-        patch_score = ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * self.scale, axis=-1)
         gate = ops.sigmoid(self.gating_param).reshape(1, -1, 1, 1)
-        attn = (1.0 - gate) * patch_score + gate * pos_score
-        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
-        return self.proj(out)
-
-
-class MHSA(nn.Cell):  # type: ignore[misc]
-    """Plain multi-head self-attention (blocks after the class token joins)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.scale = self.head_dim**-0.5
-        self.q = dense(dim, dim, bias=False)
-        self.k = dense(dim, dim, bias=False)
-        self.v = dense(dim, dim, bias=False)
-        self.proj = dense(dim, dim)
-
-    def _split(self, x: Tensor, b: int, n: int) -> Tensor:
-        return x.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-
-    def construct(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        q = self._split(self.q(x), b, n)
-        k = self._split(self.k(x), b, n)
-        v = self._split(self.v(x), b, n)
-        attn = ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * self.scale, axis=-1)
-        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
-        return self.proj(out)
+        return (1.0 - gate) * content_attention(q, k, self.scale) + gate * pos_score
 
 
 class Block(nn.Cell):  # type: ignore[misc]

@@ -24,6 +24,14 @@ SMALL_RUN = [
 ]
 
 
+def make_sample(dst: str, classes: int, per_class: int, val_per_class: int) -> None:
+    """A generated ImageNet-format data set (python -m convit.data make-sample), written in-process."""
+    from convit.data.__main__ import main
+
+    args = ["make-sample", "--dst", dst, "--classes", str(classes), "--per-class", str(per_class)]
+    assert main([*args, "--val-per-class", str(val_per_class)]) == 0
+
+
 def pod_env(pods: int, local: int, index: int, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         **os.environ,
