@@ -7,9 +7,9 @@
 ARG BASE_IMAGE=swr.cn-south-1.myhuaweicloud.com/ascendhub/cann:8.1.rc1-910-ubuntu22.04-py3.11
 FROM ${BASE_IMAGE}
 
-# HwHiAiUser owns the NPU devices on Ascend hosts (uid/gid 1000 by CANN's default); the pods run as 1000
-# with this group as a supplemental group.
-ARG APP_UID=1000
+# HwHiAiUser owns the NPU devices on Ascend hosts (gid 1000 by CANN's default); the pods run as the high,
+# host-unused UID 10001 with that group, which is what opening the devices needs.
+ARG APP_UID=10001
 ARG DRIVER_GID=1000
 
 ENV PYTHONUNBUFFERED=1 \

@@ -14,7 +14,7 @@ from convit.jobspec import JobSpec
 
 APP = "convit-train"
 DRIVER_GID = 1000  # HwHiAiUser, the group that owns the Ascend devices on the hosts (CANN's default)
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001  # a high UID of no host account; device access comes from the driver group
 SHM_MOUNT = "/dev/shm"
 DRIVER_PATH = "/usr/local/Ascend/driver"
 Obj = dict[str, Any]
@@ -133,8 +133,8 @@ def pod_spec(spec: JobSpec, env: list[Obj], *, npus: bool = True, subdomain: str
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
+            "runAsGroup": DRIVER_GID,
+            "fsGroup": DRIVER_GID,
             "supplementalGroups": [DRIVER_GID],
             "seccompProfile": {"type": "RuntimeDefault"},
         },

@@ -55,7 +55,7 @@ spec:
   automountServiceAccountToken: false
   securityContext:
     runAsNonRoot: true
-    runAsUser: 1000
+    runAsUser: 10001
     runAsGroup: 1000
     fsGroup: 1000
     supplementalGroups: [1000]
