@@ -170,3 +170,37 @@ def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
     first, last = np.mean(losses[:6]), np.mean(losses[-6:])
     assert last < 0.7 * first, f"loss did not fall: first epoch {first:.3f}, last epoch {last:.3f}"
     assert any(e["event"] == "validation" for e in events)
+
+
+def test_fine_tuning_starts_from_a_mindcv_checkpoint(tmp_path: Path) -> None:
+    import mindspore as ms
+    from mindcv.models import create_model as mindcv_create
+
+    reference = mindcv_create("convit_tiny")
+    ckpt = tmp_path / "mindcv_convit_tiny.ckpt"
+    ms.save_checkpoint(reference, str(ckpt))
+    data = f"file://{tmp_path}/data"
+    make_sample(data, classes=4, per_class=4, val_per_class=1)
+    sets = [
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.warmup_epochs=1",
+        "data.workers=1",
+        "data.layout=imagefolder",
+        f"data.uri={data}",
+        f"checkpoint.uri=file://{tmp_path}/ckpt",
+        "model.num_classes=4",
+        "train.max_steps=1",
+        f"model.pretrained=file://{ckpt}",
+    ]
+    args = ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
+    env = {**pod_env(1, 1, 0, 0), "MS_LOCAL_WORKER": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "convit.train", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded pretrained weights from file://" in proc.stdout and "classifier re-initialised" in proc.stdout
+    first = _weights(f"file://{tmp_path}/ckpt", 1)
+    # The transplanted block weights moved by one small step at most: they started from MindCV's.
+    delta = np.abs(first["blocks.0.attn.v.weight"] - reference.blocks[0].attn.v.weight.asnumpy()).max()
+    assert delta < 0.01

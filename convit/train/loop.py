@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from convit.cluster import contract
+from convit.errors import ConvitError
 from convit.jobspec import JobSpec, job_values
 from convit.train.checkpoints import CheckpointMeta, CheckpointStore
 from convit.train.evaluate import evaluate
@@ -140,9 +141,23 @@ class Trainer:
         local = self.checkpoints.staging / "pretrained.ckpt"
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(open_storage(parent).get(key))
-        values = ms.load_checkpoint(str(local))
+        try:
+            values = ms.load_checkpoint(str(local))
+        except (RuntimeError, ValueError) as exc:
+            raise ConvitError(
+                f"{uri}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0][:160]})"
+            ) from None
+        own = {p.name: tuple(p.shape) for p in self.model.get_parameters()}
+        # Fine-tuning to another class count: everything but the classifier comes from the checkpoint.
+        fresh = [
+            k for k in ("classifier.weight", "classifier.bias") if k in values and tuple(values[k].shape) != own[k]
+        ]
+        for name in fresh:
+            values.pop(name)
+            values[name] = next(p for p in self.model.get_parameters() if p.name == name)
         load_weights(self.model, values, strict=True)
-        self.progress.info(f"loaded pretrained weights from {uri}")
+        note = " (classifier re-initialised for the new class count)" if fresh else ""
+        self.progress.info(f"loaded pretrained weights from {uri}{note}")
 
     def save(self, reason: str, *, background: bool = True) -> None:
         if not self.runtime.is_main:
