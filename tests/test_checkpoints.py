@@ -99,3 +99,36 @@ def test_refuses_to_start_over_when_no_checkpoint_is_usable(uri: str, tmp_path: 
     with pytest.raises(CheckpointError, match="none is usable.*refusing to start over"):
         store.restore(apply)
     assert store.complete_steps() == [1]  # nothing deleted
+
+
+def test_signal_save_during_an_upload_publishes_only_complete_checkpoints(tmp_path: Path) -> None:
+    """What the trainer does on SIGTERM while a background upload is in flight: the final, synchronous save
+    first waits for that upload, so every pointer ever written names a checkpoint whose files are complete."""
+    import threading
+    import time
+
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", tmp_path / "stage", keep_last=5)
+    storage = store.storage
+    slow_put_file = storage.put_file
+    pointers: list[int] = []
+    real_put = storage.put
+
+    def slow(key: str, path: Path) -> None:
+        time.sleep(0.5)  # a large upload
+        slow_put_file(key, path)
+
+    def recording_put(key: str, data: bytes) -> None:
+        if key == LATEST:
+            step = json.loads(data)["step"]
+            prefix = f"checkpoints/step-{step:09d}"
+            assert storage.exists(f"{prefix}/weights.ckpt") and storage.exists(f"{prefix}/meta.json")
+            pointers.append(step)
+        real_put(key, data)
+
+    storage.put_file = slow  # type: ignore[method-assign]
+    storage.put = recording_put  # type: ignore[method-assign]
+    store.save(_writer(b"interval" * 1000), _meta(10), background=True)
+    assert threading.active_count() >= 2  # the upload is in flight
+    store.save(_writer(b"signal" * 1000), _meta(11), background=False)  # the SIGTERM path
+    assert pointers == [10, 11]
+    assert json.loads(storage.get(LATEST))["step"] == 11
