@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,12 @@ JOB = [
 
 
 @pytest.fixture()
-def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("CONVIT_LOCAL_HOME", str(tmp_path / "jobs"))
-    return tmp_path / "jobs"
+    yield tmp_path / "jobs"
+    for job in LocalBackend().list():  # a failed test must not leave training processes behind
+        if job.phase not in ("Succeeded", "Failed", "Stopped"):
+            LocalBackend().delete(job.name)
 
 
 @pytest.fixture(scope="module")

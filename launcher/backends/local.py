@@ -201,7 +201,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not self.status(name).finished:
+            while time.monotonic() < deadline and not self.status(name).finished and _alive(int(pid)):
                 time.sleep(0.5)
             for pod in self._state(name).get("pods", []):
                 _kill_group(pod.get("pid"), signal.SIGKILL)
@@ -213,6 +213,16 @@ def _tail(path: Path, limit: int = 64 * 1024) -> list[str]:
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - limit))
         return handle.read().decode("utf-8", "replace").splitlines()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill_group(pid: Any, sig: int) -> None:
@@ -275,6 +285,8 @@ def supervise(state_dir: Path) -> int:
                 forwarded = True
             time.sleep(0.5)
         codes = [p.returncode for p in procs]
+        for p in procs:  # reap what a killed worker left behind in its pod (data-loader processes)
+            _kill_group(p.pid, signal.SIGKILL)
         for pod, code in zip(state["pods"], codes, strict=True):
             pod["phase"] = "Succeeded" if code == 0 else "Failed"
             pod["exit_code"] = code
