@@ -74,7 +74,7 @@ class DropPath(nn.Cell):  # type: ignore[misc]
 
     The masks come from a graph-mode random kernel whose state lives in the process (on the CPU backend
     mint.rand, which uses the restorable default generator, is not available), so a resumed run draws
-    fresh masks: bit-exact resume holds with drop_path_rate 0 (see docs/training.md)."""
+    fresh masks: bit-exact resume holds with drop_path_rate 0 (see "Inside each container" in README.md)."""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
