@@ -40,7 +40,7 @@ JOB = [
     "--set",
     "logging.interval_steps=1",
     "--set",
-    "model.drop_path_rate=0.0",
+    "model.drop_path_rate=0.1",
 ]
 
 

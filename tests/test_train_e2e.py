@@ -65,7 +65,7 @@ def _args(ckpt: str, *extra: str) -> list[str]:
         "data.uri=s3://e2e/sample",
         "data.layout=imagefolder",
         f"checkpoint.uri={ckpt}",
-        "model.drop_path_rate=0.0",
+        "model.drop_path_rate=0.1",
         *extra,
     ]
     return ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]

@@ -107,13 +107,17 @@ class Block(nn.Cell):  # type: ignore[misc]
         super().__init__()
         self.norm1 = nn.LayerNorm((dim,), epsilon=eps)
         self.attn = GPSA(dim, heads, grid, locality_strength) if use_gpsa else MHSA(dim, heads)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm((dim,), epsilon=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), exact_gelu)
 
-    def construct(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def construct(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """`noise` (2, N): the drop-path draws of the attention and the MLP branch (see DropPath)."""
+        if noise is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x)), noise[0])
+        return x + self.drop_path(self.mlp(self.norm2(x)), noise[1])
 
 
 class ConViT(nn.Cell):  # type: ignore[misc]
@@ -172,22 +176,23 @@ class ConViT(nn.Cell):  # type: ignore[misc]
             check_input_size(tuple(args[0].shape))
         return super().__call__(*args, **kwargs)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor, drop_noise: Tensor | None = None) -> Tensor:
         """Normalised tokens (B, 197, D), class token first."""
         x = self.patch_embed(x) + self.pos_embed
         for i in range(self.local_up_to_layer):
-            x = self.blocks[i](x)
+            x = self.blocks[i](x, None if drop_noise is None else drop_noise[i])
         cls = ops.broadcast_to(self.cls_token, (x.shape[0], -1, -1))
         x = ops.concat((cls, x), axis=1)
         for i in range(self.local_up_to_layer, len(self.blocks)):
-            x = self.blocks[i](x)
+            x = self.blocks[i](x, None if drop_noise is None else drop_noise[i])
         return self.norm(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
         return self.classifier(x[:, 0])
 
-    def construct(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def construct(self, x: Tensor, drop_noise: Tensor | None = None) -> Tensor:
+        """`drop_noise` (depth, 2, N) uniform draws for stochastic depth, from the trainer; None otherwise."""
+        return self.forward_head(self.forward_features(x, drop_noise))
 
 
 def check_input_size(shape: tuple[int, ...]) -> None:

@@ -72,16 +72,18 @@ class Mlp(nn.Cell):  # type: ignore[misc]
 class DropPath(nn.Cell):  # type: ignore[misc]
     """Stochastic depth per sample.
 
-    The masks come from a graph-mode random kernel whose state lives in the process (on the CPU backend
-    mint.rand, which uses the restorable default generator, is not available), so a resumed run draws
-    fresh masks: bit-exact resume holds with drop_path_rate 0 (see "Inside each container" in README.md)."""
+    `uniform` (N,) in [0, 1) decides which samples keep the branch. The trainer draws it on the host from a
+    generator seeded by (seed, epoch, rank, step), so a resumed run drops exactly the branches an uninterrupted
+    run would; without it a graph-mode random kernel is used, whose state cannot be checkpointed."""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
         self.keep = 1.0 - rate
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, uniform: Tensor | None = None) -> Tensor:
         if not self.training or self.keep >= 1.0:
             return x
-        mask = ops.floor(self.keep + ops.rand((x.shape[0], 1, 1), dtype=x.dtype))
+        if uniform is None:
+            uniform = ops.rand((x.shape[0],), dtype=x.dtype)
+        mask = ops.floor(self.keep + uniform).reshape(-1, 1, 1)
         return x / self.keep * mask

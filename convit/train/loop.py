@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from convit.cluster import contract
+from convit.data.order import epoch_rng
 from convit.errors import ConvitError
 from convit.jobspec import JobSpec, job_values
 from convit.train.checkpoints import CheckpointMeta, CheckpointStore
@@ -20,7 +21,7 @@ from convit.train.evaluate import evaluate
 from convit.train.progress import Progress
 from convit.train.runtime import AllReduceSum, Runtime
 from convit.train.schedule import lr_schedule
-from convit.train.step import build_optimizer, build_train_step, loss_of
+from convit.train.step import build_optimizer, build_train_step, drop_noise, loss_of
 
 log = logging.getLogger("convit.train")
 _DERIVED = {"learning_rate"}  # optimizer state recomputed from the recipe, never restored
@@ -231,7 +232,10 @@ class Trainer:
             epoch = self.epoch
             for images, targets in self.train_loader.epoch(epoch, self.epoch_step):
                 tick = time.monotonic()
-                output = self.train_step(ms.Tensor(images), ms.Tensor(targets))
+                noise = drop_noise(
+                    self.model, len(images), epoch_rng(spec.train.seed, epoch, rt.rank, self.epoch_step, 11)
+                )
+                output = self.train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise))
                 self.global_step += 1
                 self.epoch_step += 1
                 window_steps += 1
