@@ -9,7 +9,12 @@ from convit.errors import ConvitError
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     from launcher.cli import run
+
+    # Transport retries are the client's business; the user sees one line when they finally fail.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
     try:
         return run(argv)

@@ -71,6 +71,16 @@ class FakeApiServer:
         return path
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that drop a kept-alive connection are normal here, not errors worth a traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -120,7 +130,7 @@ def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def fake_apiserver() -> Iterator[FakeApiServer]:
     api = FakeApiServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
+    server = QuietServer(("127.0.0.1", 0), _handler(api))
     server.daemon_threads = True
     api.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

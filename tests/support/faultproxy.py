@@ -47,6 +47,16 @@ class FaultProxy:
             return "forward"
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that drop a kept-alive connection are normal here, not errors worth a traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -98,7 +108,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def fault_proxy(upstream: str, rate: float = 0.0, seed: int = 0) -> Iterator[tuple[str, FaultProxy]]:
     proxy = FaultProxy(upstream, rate, seed)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+    server = QuietServer(("127.0.0.1", 0), _handler(proxy))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
