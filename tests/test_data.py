@@ -121,6 +121,44 @@ def test_mid_epoch_resume_yields_exactly_the_remaining_batches(sample_dirs: dict
     loader.close()
 
 
+def test_stopping_mid_epoch_leaves_the_shared_ring_reusable_and_close_frees_it(sample_dirs: dict[str, str]) -> None:
+    """Decode workers write into shared-memory slots that the trainer reads while the rest of a window is still
+    being decoded: a consumer that stops early must not leave a window in flight over a slot the next epoch
+    reuses, and close() must free the segment."""
+    loader = build_train_loader(_spec(sample_dirs["imagefolder"], "imagefolder", "data.workers=2"), 0, 1)
+    full = list(loader.epoch(4))
+    for stop in (1, 3):
+        partial = loader.epoch(4)
+        head = [next(partial) for _ in range(stop)]
+        partial.close()  # stops while windows are in flight
+        again = list(loader.epoch(4))
+        for (xa, ya), (xb, yb) in zip(full, [*head, *again[stop:]], strict=True):
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        for (xa, _), (xb, _) in zip(full, again, strict=True):
+            assert np.array_equal(xa, xb)
+    workers = loader._workers
+    assert workers is not None and workers.shm is not None
+    name = workers.shm.name
+    loader.close()
+    assert not Path(f"/dev/shm/{name.lstrip('/')}").exists()
+    # Validation tasks are whole batches: one larger than a training window gets slots that large.
+    val = build_val_loader(_spec(sample_dirs["imagefolder"], "imagefolder"), 0, 1)
+    small = [x for x, _ in val.batches(4)]
+    large = [x for x, _ in val.batches(300)]  # 300 > WINDOW (256) samples per slot
+    assert np.array_equal(np.concatenate(small), np.concatenate(large))
+    val.close()
+
+
+def test_too_small_dev_shm_is_a_clear_error(sample_dirs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import convit.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "_shm_free", lambda: 64 << 20)  # Docker's default /dev/shm
+    loader = build_train_loader(_spec(sample_dirs["imagefolder"], "imagefolder", "data.workers=2"), 0, 1)
+    with pytest.raises(DataError, match=r"/dev/shm has 64 MiB free; 2 decode workers need 147 MiB"):
+        next(loader.epoch(0))
+    loader.close()
+
+
 def _corrupt_set(root: Path) -> dict[str, bytes]:
     good = Path(next(iter(sorted(root.glob("img/train/*/*.JPEG"))))).read_bytes()
     sof = good.find(b"\xff\xc0")

@@ -1,4 +1,7 @@
-"""JPEG decoding with simplejpeg (libjpeg-turbo), at a reduced DCT scale when the output allows it.
+"""JPEG decoding with simplejpeg (libjpeg-turbo). The transforms decode at full resolution: the same pixels as
+MindSpore's Decode, byte for byte, and as its RandomCropDecodeResize's crop decode except at the crop's edge
+columns (see docs/fidelity.md). `min_size` can ask for a reduced DCT scale, which the training and evaluation
+transforms do not use.
 
 Headers are read before decoding, so a corrupt file or a decompression bomb (more than MAX_PIXELS) is
 refused cheaply. Non-JPEG images (PNG) fall back to OpenCV.

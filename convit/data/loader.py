@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
 import os
 from collections.abc import Iterator
+from multiprocessing.shared_memory import SharedMemory
+from multiprocessing.synchronize import Semaphore
 from typing import Any
 
 import numpy as np
@@ -18,39 +21,122 @@ from convit.data.errors import DataError
 from convit.data.index import SampleTable, open_split
 from convit.data.mixup import mix_batch
 from convit.data.order import WINDOW, epoch_rng, rank_plan, val_plan
-from convit.data.transforms import TrainAugment, normalize
-from convit.data.worker import WindowResult, init_worker, load_window
+from convit.data.transforms import SIZE, TrainAugment, normalize, normalize_into
+from convit.data.worker import DONE, PENDING, Slot, init_worker, load_window, slot_bytes
 from convit.jobspec import JobSpec
 from convit.storage import StorageError, open_storage
 
 log = logging.getLogger("convit.data")
 SHARD_BLOCK = 32  # consecutive samples of a shard read by one request
+Task = tuple[str, NDArray[Any], int, int, TrainAugment | None, float]  # kind, indices, seed, epoch, augment, crop_pct
+
+
+class _Window:
+    """One submitted task: its slot of the shared-memory ring, filled sample by sample by a decode worker."""
+
+    def __init__(self, slot: Slot, ready: Semaphore, index: int, indices: NDArray[Any], result: Any) -> None:
+        self.slot, self.ready, self.index, self.indices, self.result = slot, ready, index, indices, result
+        self.taken = 0  # semaphore units consumed: samples known to be finished
+
+    def wait(self, j: int) -> int:
+        """Block until sample j (samples finish in order) is DONE or FAILED; a worker's error is raised here."""
+        while self.taken <= j:
+            if self.ready.acquire(timeout=0.5):
+                self.taken += 1
+            elif self.result.ready():
+                self.result.get()  # raises the worker's error; a success has released every sample already
+        return int(self.slot.status[j])
+
+    def failures(self) -> list[tuple[int, str]]:
+        """Wait for the whole task; its (sample index, reason) failures."""
+        failures: list[tuple[int, str]] = self.result.get()
+        return failures
+
+    def settle(self) -> None:
+        """After the task has ended (successfully or not): take the semaphore units nobody waited for."""
+        with contextlib.suppress(Exception):  # already raised to the consumer, or the consumer went away
+            self.result.get()
+        while self.ready.acquire(block=False):
+            self.taken += 1
+
+
+def _shm_free() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class _Workers:
-    """A bounded pool of decode processes; results come back in submission order."""
+    """A bounded pool of decode processes writing into a ring of shared-memory slots, one per task in flight.
 
-    def __init__(self, uri: str, table: SampleTable, workers: int) -> None:
+    Tasks are consumed in submission order; a slot is handed to the next task only once the consumer has
+    moved past the window in it (and, if the consumer stops early, once the task in it has ended).
+    """
+
+    def __init__(self, uri: str, table: SampleTable, workers: int, capacity: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
         env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "CONVIT_"))}
-        self.pool: multiprocessing.pool.Pool | None = ctx.Pool(workers, init_worker, (uri, table, env))
-        self.depth = 2 * workers
+        self.depth, self.capacity = 2 * workers, capacity  # slots, samples per slot (the largest task)
+        size = self.depth * slot_bytes(capacity)
+        free = _shm_free()
+        if free is not None and free < size:  # writing past the end of /dev/shm would kill a worker with SIGBUS
+            raise DataError(
+                f"/dev/shm has {free >> 20} MiB free; {workers} decode workers need {size >> 20} MiB (2 x data.workers "
+                "slots of 256 decoded images): enlarge /dev/shm (cluster.shm_size, docker --shm-size) or lower "
+                "data.workers"
+            )
+        self.shm: SharedMemory | None = SharedMemory(create=True, size=size)
+        self.slots = [Slot(self.shm, i, capacity) for i in range(self.depth)]
+        self.ready = [ctx.Semaphore(0) for _ in range(self.depth)]
+        self.inflight: collections.deque[_Window] = collections.deque()
+        self.pool: multiprocessing.pool.Pool | None = ctx.Pool(
+            workers, init_worker, (uri, table, env, self.shm.name, self.ready, capacity)
+        )
 
-    def map(self, tasks: Iterator[Any]) -> Iterator[WindowResult]:
+    def run(self, tasks: Iterator[Task]) -> Iterator[_Window]:
+        """Each task's window, in order, as soon as it is submitted (its samples are waited for one by one)."""
         assert self.pool is not None
-        pending: collections.deque[Any] = collections.deque()
-        for task in tasks:
-            pending.append(self.pool.apply_async(load_window, (task,)))
-            if len(pending) >= self.depth:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        self._settle()  # windows left in flight by a consumer that stopped early
+        free = collections.deque(range(self.depth))
+        queue = iter(tasks)
+        try:
+            while True:
+                while free:
+                    task = next(queue, None)
+                    if task is None:
+                        break
+                    i = free.popleft()
+                    self.slots[i].status[: len(task[1])] = PENDING
+                    result = self.pool.apply_async(load_window, ((*task, i),))
+                    self.inflight.append(_Window(self.slots[i], self.ready[i], i, task[1], result))
+                if not self.inflight:
+                    return
+                window = self.inflight[0]
+                yield window
+                self.inflight.popleft()
+                window.settle()
+                free.append(window.index)
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        while self.inflight:
+            self.inflight.popleft().settle()
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+            self.inflight.clear()
+        if self.shm is not None:
+            self.slots = []
+            self.shm.unlink()
+            with contextlib.suppress(BufferError):  # a suspended consumer still holds views: freed with them
+                self.shm.close()
+            self.shm = None
 
 
 def _open(spec: JobSpec, split: str, limit: int) -> SampleTable:
@@ -73,13 +159,16 @@ class _Loader:
         self.skipped = 0
         self.table = _open(spec, self.split, limit)
 
-    def _pool(self) -> _Workers:
+    def _pool(self, capacity: int = WINDOW) -> _Workers:
+        """The decode workers, with shared-memory slots for tasks of up to `capacity` samples."""
+        if self._workers is not None and self._workers.capacity < capacity:
+            self.close()
         if self._workers is None:
-            self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers)
+            self._workers = _Workers(self.spec.data.uri, self.table, self.spec.data.workers, capacity)
         return self._workers
 
-    def _report(self, result: WindowResult) -> None:
-        for index, reason in result.failures:
+    def _report(self, failures: list[tuple[int, str]]) -> None:
+        for index, reason in failures:
             self.skipped += 1
             log.warning(
                 "data: skipped undecodable %s image %s/%s (%s); %d skipped so far",
@@ -123,44 +212,41 @@ class TrainLoader(_Loader):
         start = start_step * batch
         bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(plan), WINDOW), len(plan)]
         tasks = (("train", plan[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a)
-        pending: collections.deque[WindowResult] = collections.deque()
-        offset = have = 0  # samples of pending[0] already used; samples pending in all
-        step = start_step
-        for result in self._pool().map(tasks):
-            self._report(result)
-            if len(result.labels) == 0:
-                raise DataError(
-                    f"{self.spec.data.uri}: every image of a window of {len(result.failures)} failed to decode"
-                )
-            pending.append(result)
-            have += len(result.labels)
-            while have >= batch:
-                parts: list[tuple[WindowResult, slice]] = []
-                need = batch
-                while need:  # slices of the pending windows, without re-copying what stays behind
-                    head = pending[0]
-                    take = min(need, len(head.labels) - offset)
-                    parts.append((head, slice(offset, offset + take)))
-                    offset, need = offset + take, need - take
-                    if offset == len(head.labels):
-                        pending.popleft()
-                        offset = 0
-                have -= batch
-                img = np.concatenate([r.images[s] for r, s in parts])
-                box = np.concatenate([r.boxes[s] for r, s in parts])
-                lab = np.concatenate([r.labels[s] for r, s in parts])
-                yield self._finish(img, box, lab, epoch, step)
-                step += 1
+        labels = self.table.labels
+        images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, start_step
+        for window in self._pool().run(tasks):
+            n, j, slot = len(window.indices), 0, window.slot
+            sources: Any = range(n)  # slot j of the window takes sample sources[j]
+            while j < n:
+                if sources is not None and window.wait(j) != DONE:  # a failure: settle the whole window first
+                    self._report(window.failures())
+                    good = np.flatnonzero(slot.status[:n] == DONE)
+                    if len(good) == 0:
+                        raise DataError(f"{self.spec.data.uri}: every image of a window of {n} failed to decode")
+                    # the slot reuses the next decodable sample of the same window
+                    sources = None
+                    replace = good[np.searchsorted(good, np.arange(n)) % len(good)]
+                src = j if sources is not None else int(replace[j])
+                normalize_into(images[filled], slot.images[src], slot.boxes[src])
+                targets[filled] = labels[window.indices[src]]
+                filled, j = filled + 1, j + 1
+                if filled == batch:
+                    yield self._finish(images, targets, epoch, step)
+                    images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, step + 1
+            if sources is not None:
+                self._report(window.failures())
+
+    def _new_batch(self) -> NDArray[Any]:
+        return np.empty((self.batch, 3, SIZE, SIZE), np.float32)
 
     def _finish(
-        self, img: NDArray[Any], box: NDArray[Any], lab: NDArray[Any], epoch: int, step: int
+        self, images: NDArray[Any], labels: NDArray[Any], epoch: int, step: int
     ) -> tuple[NDArray[Any], NDArray[Any]]:
         a, t = self.spec.augment, self.spec.train
-        x = normalize(img, box)
         rng = epoch_rng(t.seed, epoch, self.rank, step, 7)
         return mix_batch(
-            x,
-            lab,
+            images,
+            labels,
             num_classes=self.spec.model.num_classes,
             smoothing=t.label_smoothing,
             mixup_alpha=a.mixup,
@@ -181,10 +267,12 @@ class ValLoader(_Loader):
     def batches(self, batch_size: int) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
         crop = self.spec.eval.crop_pct
         tasks = (("val", self.plan[a : a + batch_size], 0, 0, None, crop) for a in range(0, len(self.plan), batch_size))
-        for result in self._pool().map(tasks):
-            self._report(result)
-            if len(result.labels):
-                yield normalize(result.images), result.labels
+        for window in self._pool(batch_size).run(tasks):
+            self._report(window.failures())
+            n = len(window.indices)
+            ok = np.flatnonzero(window.slot.status[:n] == DONE)
+            if len(ok):
+                yield normalize(window.slot.images[ok]), self.table.labels[window.indices[ok]].astype(np.int32)
 
 
 def build_train_loader(spec: JobSpec, rank: int, world_size: int) -> TrainLoader:

@@ -32,7 +32,6 @@ def mix_batch(
     if not use_cutmix and mixup_alpha <= 0:
         return images, targets
     lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
-    flipped = images[::-1].copy()
     if use_cutmix:
         height, width = images.shape[2:]
         cut = np.sqrt(1.0 - lam)
@@ -40,9 +39,10 @@ def mix_batch(
         cy, cx = int(rng.integers(height)), int(rng.integers(width))
         y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, height)
         x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, width)
-        images[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+        images[:, :, y0:y1, x0:x1] = images[::-1, :, y0:y1, x0:x1].copy()  # only the box is copied
         lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (height * width)  # the area actually swapped
     else:
+        other = images[::-1] * (1.0 - lam)  # float32 products, as before, without a separate reversed copy
         images *= lam
-        images += (1.0 - lam) * flipped
+        images += other
     return images, (lam * targets + (1.0 - lam) * targets[::-1]).astype(np.float32)

@@ -1,13 +1,17 @@
 """Decode workers: fetch a window of samples (coalesced ranged GETs for shards), decode and transform them.
 
 Runs in separate processes (forkserver), so it imports neither MindSpore nor anything that holds threads.
+Each task writes its samples, in order, straight into its slot of a shared-memory ring that the trainer
+process reads (no pickling of pixels), marks each sample done or failed and releases the slot's semaphore
+once per sample, so the trainer consumes a window while the rest of it is still being decoded.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from multiprocessing.shared_memory import SharedMemory
+from multiprocessing.synchronize import Semaphore
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,7 @@ from numpy.typing import NDArray
 
 from convit.data.decode import UndecodableImage
 from convit.data.index import SampleTable
-from convit.data.order import epoch_rng
+from convit.data.order import WINDOW, epoch_rng
 from convit.data.transforms import SIZE, TrainAugment, eval_sample, train_sample
 from convit.storage import Storage, StorageError, open_storage
 
@@ -25,21 +29,45 @@ MAX_RUN = 64 << 20
 _state: dict[str, Any] = {}
 
 
-@dataclass
-class WindowResult:
-    images: NDArray[Any]  # uint8 (n, 224, 224, 3)
-    boxes: NDArray[Any]  # int32 (n, 4) random-erasing boxes
-    labels: NDArray[Any]  # int32 (n,)
-    indices: NDArray[Any]  # int64 (n,) sample index actually in each slot
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (sample index, reason)
+PENDING, DONE, FAILED = 0, 1, 2
+IMAGE_BYTES = SIZE * SIZE * 3
 
 
-def init_worker(uri: str, table: SampleTable, env: dict[str, str]) -> None:
+def slot_bytes(capacity: int) -> int:
+    """Bytes of one slot holding up to `capacity` samples: images, erasing boxes (int32 x 4), status (uint8)."""
+    return capacity * (IMAGE_BYTES + 4 * 4 + 1)
+
+
+class Slot:
+    """numpy views of one slot of the ring: images (capacity, 224, 224, 3) uint8, boxes (capacity, 4) int32 and
+    status (capacity,) uint8 (PENDING, DONE or FAILED)."""
+
+    def __init__(self, shm: SharedMemory, index: int, capacity: int = WINDOW) -> None:
+        base = index * slot_bytes(capacity)
+        self.images: NDArray[Any] = np.ndarray((capacity, SIZE, SIZE, 3), np.uint8, shm.buf, base)
+        base += capacity * IMAGE_BYTES
+        self.boxes: NDArray[Any] = np.ndarray((capacity, 4), np.int32, shm.buf, base)
+        self.status: NDArray[Any] = np.ndarray((capacity,), np.uint8, shm.buf, base + capacity * 16)
+
+
+def init_worker(
+    uri: str, table: SampleTable, env: dict[str, str], shm_name: str, ready: list[Semaphore], capacity: int
+) -> None:
     # The forkserver was started with the environment of its first use; storage settings may have changed since.
     os.environ.update(env)
-    _state["storage"] = open_storage(uri)
+    try:
+        _state["storage"] = open_storage(uri)
+    except Exception as exc:
+        # An initializer that raises makes multiprocessing.Pool respawn the worker forever (and the trainer wait
+        # forever): keep the error and raise it from the first task instead.
+        _state["init_error"] = exc
+        return
     _state["table"] = table
     _state["threads"] = ThreadPoolExecutor(8)
+    shm = SharedMemory(shm_name)
+    _state["shm"] = shm  # kept open (and referenced) for the life of the worker
+    _state["slots"] = [Slot(shm, i, capacity) for i in range(len(ready))]
+    _state["ready"] = ready
 
 
 def fetch(
@@ -86,37 +114,31 @@ def fetch(
     return out
 
 
-def load_window(task: tuple[str, NDArray[Any], int, int, TrainAugment | None, float]) -> WindowResult:
-    """task = (kind, sample indices, seed, epoch, train augment or None, eval crop_pct)."""
-    kind, indices, seed, epoch, aug, crop_pct = task
+def load_window(task: tuple[str, NDArray[Any], int, int, TrainAugment | None, float, int]) -> list[tuple[int, str]]:
+    """task = (kind, sample indices, seed, epoch, train augment or None, eval crop_pct, slot). Fills the slot
+    sample by sample; returns the failures as (sample index, reason). A storage error (already retried within
+    its budget) is fatal and raised."""
+    kind, indices, seed, epoch, aug, crop_pct, index = task
+    if "init_error" in _state:
+        raise _state["init_error"]
     storage: Storage = _state["storage"]
     table: SampleTable = _state["table"]
+    slot: Slot = _state["slots"][index]
+    ready: Semaphore = _state["ready"][index]
     blobs = fetch(storage, table, indices, _state["threads"])
-    n = len(indices)
-    images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
-    boxes = np.zeros((n, 4), np.int32)
-    ok = np.zeros(n, bool)
     failures: list[tuple[int, str]] = []
     for j, (i, blob) in enumerate(zip(indices, blobs, strict=True)):
         if isinstance(blob, StorageError):
-            raise blob  # storage already retried within its budget: this is fatal, and said once
+            raise blob
         try:
             if kind == "train":
                 assert aug is not None
-                images[j], boxes[j] = train_sample(blob, aug, epoch_rng(seed, epoch, int(i)))
+                slot.images[j], slot.boxes[j] = train_sample(blob, aug, epoch_rng(seed, epoch, int(i)))
             else:
-                images[j] = eval_sample(blob, crop_pct)
-            ok[j] = True
+                slot.images[j] = eval_sample(blob, crop_pct)
+            slot.status[j] = DONE
         except (UndecodableImage, ValueError, OSError) as exc:  # Pillow/OpenCV raise these on bad data
             failures.append((int(i), str(exc) or type(exc).__name__))
-    labels = table.labels[indices].astype(np.int32)
-    slots = np.asarray(indices, dtype=np.int64).copy()
-    if failures and kind == "train":
-        good = np.flatnonzero(ok)
-        if len(good) == 0:
-            return WindowResult(images[:0], boxes[:0], labels[:0], slots[:0], failures)
-        for j in np.flatnonzero(~ok):  # the slot reuses the next decodable sample of the same window
-            src = good[np.searchsorted(good, j) % len(good)]
-            images[j], boxes[j], labels[j], slots[j] = images[src], boxes[src], labels[src], slots[src]
-        return WindowResult(images, boxes, labels, slots, failures)
-    return WindowResult(images[ok], boxes[ok], labels[ok], slots[ok], failures)
+            slot.status[j] = FAILED
+        ready.release()
+    return failures
