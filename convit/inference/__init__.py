@@ -1,0 +1,1 @@
+"""Inference shared by `convit.evaluate`, `convit.predict` and `convit.export`: weights, preprocessing, names."""

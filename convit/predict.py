@@ -1,0 +1,126 @@
+"""`python -m convit.predict --weights URI [--model NAME] IMAGE_OR_URI... [--top K] [--json]`.
+
+The top-K classes of each image (local path, file:// or s3://) with their ImageNet-1k names, probabilities
+and logits, after MindCV's eval preprocessing at the variant's crop_pct. `--json` prints one list of
+{"image": ..., "top": [{"index": i, "name": ..., "prob": p, "logit": l}, ...]}. A file that is missing or not
+a decodable image is reported on stderr by name (`ERROR: <image>: <reason>`) and skipped; the exit code is 1
+when any image failed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from convit.errors import ConvitError
+
+MAX_BATCH = 16
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m convit.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_URI", help="JPEG/PNG files: paths, file:// or s3://")
+    parser.add_argument("--weights", required=True, help="MindCV .ckpt, or our checkpoint directory / its latest")
+    parser.add_argument("--model", help="variant the weights must be (default: recognised from the checkpoint)")
+    parser.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--crop-pct", type=float, help="eval crop fraction (default: the variant's recipe)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    parser.add_argument("--device", choices=["CPU", "Ascend"], help="default: $CONVIT_DEVICE or CPU")
+    return parser.parse_args(argv)
+
+
+def logits_of(model: Any, inputs: NDArray[Any], batch: int = MAX_BATCH) -> NDArray[Any]:
+    """(N, classes) float32 logits, in fixed-size batches (the last one zero-padded) so the graph compiles once."""
+    import mindspore as ms
+
+    size = min(batch, len(inputs))
+    out = []
+    for start in range(0, len(inputs), size):
+        chunk = inputs[start : start + size]
+        n = len(chunk)
+        if n < size:
+            chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
+        out.append(model(ms.Tensor(chunk)).asnumpy()[:n])
+    logits: NDArray[Any] = np.concatenate(out).astype(np.float32)
+    return logits
+
+
+def top_k(logits: NDArray[Any], names: list[str], k: int) -> list[dict[str, Any]]:
+    """The k best classes of one logit row: index, name, softmax probability, logit."""
+    wide = logits.astype(np.float64)
+    probs = np.exp(wide - wide.max())
+    probs /= probs.sum()
+    order = np.argsort(-wide, kind="stable")[: min(k, len(wide))]
+    return [{"index": int(i), "name": names[int(i)], "prob": float(probs[i]), "logit": float(logits[i])} for i in order]
+
+
+def _text(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        lines.append(result["image"])
+        for rank, item in enumerate(result["top"], 1):
+            lines.append(
+                f"  {rank}. {item['prob'] * 100:6.2f} %  logit {item['logit']:8.4f}  [{item['index']}] {item['name']}"
+            )
+    return "\n".join(lines)
+
+
+def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """(results for the images that decoded, one error message per image that did not)."""
+    from convit.inference.classes import class_names
+    from convit.inference.images import BadImage, crop_pct_of, preprocess, read_bytes
+    from convit.inference.runtime import init_inference
+    from convit.inference.weights import build_model, read_weights
+
+    if args.top <= 0:
+        raise ConvitError("--top must be positive")
+    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
+        raise ConvitError("--crop-pct must be in (0, 1]")
+    weights = read_weights(args.weights)
+    init_inference(args.device)
+    model = build_model(weights, args.model)
+    crop_pct = args.crop_pct or crop_pct_of(weights.model)
+    names = class_names(weights.num_classes)
+    good: list[str] = []
+    inputs: list[NDArray[Any]] = []
+    errors: list[str] = []
+    for image in args.images:
+        try:
+            inputs.append(preprocess(read_bytes(image), crop_pct, image))
+            good.append(image)
+        except BadImage as exc:
+            errors.append(str(exc))
+    results: list[dict[str, Any]] = []
+    if inputs:
+        logits = logits_of(model, np.stack(inputs))
+        results = [
+            {"image": image, "top": top_k(row, names, args.top)} for image, row in zip(good, logits, strict=True)
+        ]
+    return results, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        results, errors = predict(args)
+    except ConvitError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    for message in errors:
+        print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    if results or args.json:
+        print(json.dumps(results, indent=1) if args.json else _text(results), flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
