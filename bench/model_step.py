@@ -1,10 +1,12 @@
 """Side by side on the CPU: graph-mode training step and inference of our convit_tiny, MindCV's and timm's.
 
-    .venv/bin/python bench/model_step.py [--model convit_tiny] [--batch 16] [--steps 5] [--warmup 1]
+    .venv/bin/python bench/model_step.py [--model convit_tiny] [--batch 16] [--steps 5] [--warmup 1] [--amp O0,O2]
 
-Median seconds per call over --steps calls after --warmup (compilation) calls. The training step is
-forward + cross entropy + backward + AdamW; inference is a forward pass in eval mode. torch uses as many
-threads as MindSpore's CPU kernels (all cores of this machine).
+Median seconds per call over --steps calls after --warmup (compilation) calls. The training step is each
+project's real one: ours from convit.train.step (loss-scaled, MindCV's AdamW), MindCV's from its create_trainer
+(fixed loss scale 1024), at each AMP level of --amp (O2 is float16 compute: on the CPU a pre-flight of the Ascend
+graph, not a speed-up). Inference is a float32 forward pass in eval mode. torch uses as many threads as
+MindSpore's CPU kernels (all cores of this machine).
 """
 
 from __future__ import annotations
@@ -33,21 +35,58 @@ def timed(fn: Callable[[], object], steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def mindspore_case(model: object, batch: int, steps: int, warmup: int) -> tuple[float, float]:
+def _inputs(batch: int) -> tuple[object, object]:
     import mindspore as ms
-    from mindspore import nn
 
     x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32))
-    y = ms.Tensor(np.arange(batch).astype(np.int32) % 1000)
+    y = ms.Tensor(np.eye(1000, dtype=np.float32)[np.arange(batch) % 1000])
+    return x, y
+
+
+def infer_case(model: object, batch: int, steps: int, warmup: int) -> float:
+    x, _ = _inputs(batch)
     model.set_train(False)  # type: ignore[attr-defined]
-    infer = timed(lambda: model(x).asnumpy(), steps, warmup)  # type: ignore[operator]
-    opt = nn.AdamWeightDecay(model.trainable_params(), 1e-3, weight_decay=0.05)  # type: ignore[attr-defined]
-    step = nn.TrainOneStepCell(
-        nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")), opt
+    return timed(lambda: model(x).asnumpy(), steps, warmup)  # type: ignore[operator,attr-defined]
+
+
+def ours_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> float:
+    import mindspore as ms
+
+    from convit.jobspec import load_job
+    from convit.models import create_model
+    from convit.train.schedule import lr_schedule
+    from convit.train.step import build_optimizer, build_train_step, drop_noise
+
+    spec = load_job("convit_small", [f"model.name={name}", f"train.amp_level={amp}"])
+    model = create_model(name)
+    step = build_train_step(model, build_optimizer(model, spec, lr_schedule(spec.train, 100)), spec)
+    x, y = _inputs(batch)
+    noise = ms.Tensor(drop_noise(model, batch, np.random.default_rng(0)))
+    return timed(lambda: step(x, y, noise)[0].asnumpy(), steps, warmup)
+
+
+def mindcv_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> float:
+    from mindcv.loss import create_loss
+    from mindcv.models import create_model
+    from mindcv.optim import create_optimizer
+    from mindcv.utils import create_trainer
+
+    model = create_model(name)
+    opt = create_optimizer(model, opt="adamw", lr=[1e-3] * 100, weight_decay=0.05, loss_scale=1024.0)
+    trainer = create_trainer(
+        model,
+        create_loss(name="CE", label_smoothing=0.1),
+        opt,
+        metrics=None,
+        amp_level=amp,
+        amp_cast_list=None,
+        loss_scale_type="fixed",
+        loss_scale=1024.0,
+        drop_overflow_update=False,
     )
-    step.set_train(True)
-    train = timed(lambda: step(x, y).asnumpy(), steps, warmup)
-    return train, infer
+    x, y = _inputs(batch)
+    step = trainer._train_network
+    return timed(lambda: step(x, y).asnumpy(), steps, warmup)
 
 
 def timm_case(name: str, batch: int, steps: int, warmup: int) -> tuple[float, float]:
@@ -80,6 +119,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--amp", default="O0,O2", help="AMP levels of the training step, comma-separated")
     args = parser.parse_args()
 
     import mindspore as ms
@@ -89,18 +129,29 @@ def main() -> None:
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    results = {
-        "ours (MindSpore, graph)": mindspore_case(create_model(args.model), args.batch, args.steps, args.warmup),
-        "MindCV 0.3.0 (MindSpore, graph)": mindspore_case(
-            mindcv_create(args.model), args.batch, args.steps, args.warmup
+    amps = args.amp.split(",")
+    ours_inf = infer_case(create_model(args.model), args.batch, args.steps, args.warmup)
+    results: dict[str, tuple[dict[str, float], float]] = {
+        "ours (MindSpore, graph)": (
+            {a: ours_train(args.model, a, args.batch, args.steps, args.warmup) for a in amps},
+            ours_inf,
         ),
-        "timm (PyTorch eager)": timm_case(args.model, args.batch, args.steps, args.warmup),
+        "MindCV 0.3.0 (MindSpore, graph)": (
+            {a: mindcv_train(args.model, a, args.batch, args.steps, args.warmup) for a in amps},
+            infer_case(mindcv_create(args.model), args.batch, args.steps, args.warmup),
+        ),
     }
-    ours_train, ours_infer = results["ours (MindSpore, graph)"]
+    timm_train, timm_infer = timm_case(args.model, args.batch, args.steps, args.warmup)
+    results["timm (PyTorch eager, float32)"] = ({"O0": timm_train}, timm_infer)
+    ours = results["ours (MindSpore, graph)"]
     print(f"{args.model}, batch {args.batch}, CPU ({os.cpu_count()} cores), median of {args.steps}")
-    print(f"{'implementation':<34}{'train step s':>14}{'inference s':>13}{'train ours/x':>14}{'infer ours/x':>14}")
+    head = "".join(f"{'train ' + a + ' s':>13}{'ours/x':>8}" for a in amps)
+    print(f"{'implementation':<34}{head}{'inference s':>13}{'ours/x':>8}")
     for label, (train, infer) in results.items():
-        print(f"{label:<34}{train:>14.3f}{infer:>13.3f}{ours_train / train:>14.2f}{ours_infer / infer:>14.2f}")
+        cells = "".join(
+            f"{train[a]:>13.3f}{ours[0][a] / train[a]:>8.2f}" if a in train else f"{'-':>13}{'':>8}" for a in amps
+        )
+        print(f"{label:<34}{cells}{infer:>13.3f}{ours[1] / infer:>8.2f}")
 
 
 if __name__ == "__main__":

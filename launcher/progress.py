@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-_TEXT = re.compile(r"^epoch (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) lr (\S+) img/s (\S+) s/step (\S+) eta (\S+)$")
+_TEXT = re.compile(
+    r"^epoch (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) lr (\S+) img/s (\S+) s/step (\S+) eta (\S+)(?: overflows (\d+))?$"
+)
 
 
 def is_progress(line: str) -> bool:
@@ -33,6 +35,17 @@ def summarize(line: str) -> str:
         f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
         f"loss {event['loss']:.4f} eta {format_duration(event['eta_s'])}"
     )
+
+
+_RESULT = re.compile(r"^evaluated \d+ samples: top1 \S+ top5 \S+ loss \S+")
+
+
+def latest_result(lines: list[str]) -> str | None:
+    """The last `evaluated N samples: top1 x top5 y loss z` line of `python -m convit.evaluate`, if any."""
+    for line in reversed(lines):
+        if _RESULT.match(line.strip()):
+            return line.strip()
+    return None
 
 
 def latest_progress(lines: list[str]) -> str | None:

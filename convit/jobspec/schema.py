@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, m
 # A DNS-1123 label, short enough that "<name>-<pod index>-<5 random chars>" stays within 63 characters.
 JOB_NAME_MAX = 45
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Job names are DNS-1035 labels (start with a letter): every backend names a Service after the job (the Indexed
+# Job's headless Service, Volcano's svc plugin, the ascend-operator's `<job>-scheduler-0`), and Service names must be.
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*)$")
 _K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -109,7 +112,16 @@ class TrainSpec(_Section):
 
     epochs: Annotated[int, Field(gt=0, le=10_000)] = Field(300, description="Training epochs.")
     batch_size: Annotated[int, Field(gt=0, le=4096)] = Field(description="Images per card per step.")
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(description="Peak learning rate after warmup.")
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
+        description="Peak learning rate after warmup, for a global batch of reference_batch."
+    )
+    reference_batch: NonNegativeInt = Field(
+        0,
+        description=(
+            "Global batch the lr was tuned for; another global batch scales the peak LR linearly "
+            "(MindCV's rule). 0: no scaling."
+        ),
+    )
     min_lr: Annotated[float, Field(ge=0.0)] = Field(1e-6, description="Final learning rate of the cosine decay.")
     warmup_epochs: Annotated[int, Field(ge=0)] = Field(description="Linear warmup from 0, in epochs.")
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="AdamW weight decay, on every tensor.")
@@ -117,10 +129,19 @@ class TrainSpec(_Section):
     beta2: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.999, description="AdamW beta2.")
     eps: Annotated[float, Field(gt=0.0)] = Field(1e-8, description="AdamW epsilon.")
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.1, description="Label smoothing.")
-    amp_level: Literal["O0", "O2"] = Field("O2", description="Mixed precision on Ascend (the CPU runs float32).")
+    amp_level: Literal["O0", "O2"] = Field(
+        "O2",
+        description="O2: float16 compute, float32 norms/softmax/loss, fixed loss scale (any device). O0: float32.",
+    )
     loss_scale: Annotated[float, Field(ge=1.0)] = Field(1024.0, description="Fixed loss scale under AMP.")
     seed: NonNegativeInt = Field(42, description="Seed of weights, data order and augmentation.")
     max_steps: NonNegativeInt = Field(0, description="Stop after this many global steps (0: full schedule).")
+
+    def peak_lr(self, global_batch: int) -> float:
+        """MindCV's linear rule: lr x global_batch / reference_batch (unscaled when reference_batch is 0)."""
+        if not self.reference_batch:
+            return self.lr
+        return self.lr * global_batch / self.reference_batch
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainSpec:
@@ -271,7 +292,13 @@ class ClusterSpec(_Section):
         600, description="Seconds to wait for every rank to join."
     )
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = Field(
-        6, description="Restarts of the whole job before it fails."
+        6,
+        description=(
+            "Restarts of the whole job before it fails: the Indexed Job's backoffLimit is this x pods (one "
+            "restart fails every pod), Volcano's maxRetry this + 1 (its webhook turns 0 into 3); on AscendJob it "
+            "bounds the operator's pod re-creations (0 would mean unlimited there, so it must be at least 1) and "
+            "a pod that fails fails the job."
+        ),
     )
     active_deadline_seconds: NonNegativeInt = Field(0, description="Fail the job after N seconds (0: never).")
     ttl_seconds_after_finished: NonNegativeInt = Field(
@@ -284,6 +311,16 @@ class ClusterSpec(_Section):
         "default",
         description="Volcano queue (volcano and ascendjob backends).",
         json_schema_extra=_schema(_DNS_PATTERN, 63),
+    )
+    scheduler_cpu: str = Field(
+        "2",
+        description="CPU request and limit of the AscendJob's Scheduler pod (no NPU, no NPU node selector).",
+        json_schema_extra=_schema(_K8S_QUANTITY.pattern),
+    )
+    scheduler_memory: str = Field(
+        "4Gi",
+        description="Memory request and limit of the AscendJob's Scheduler pod.",
+        json_schema_extra=_schema(_K8S_QUANTITY.pattern),
     )
 
     @field_validator("namespace", "queue")
@@ -298,7 +335,7 @@ class ClusterSpec(_Section):
             raise ValueError("must be an image reference like registry/name:tag")
         return value
 
-    @field_validator("cpu", "memory", "shm_size")
+    @field_validator("cpu", "memory", "shm_size", "scheduler_cpu", "scheduler_memory")
     @classmethod
     def _quantity(cls, value: str) -> str:
         if not _K8S_QUANTITY.match(value):
@@ -314,6 +351,15 @@ class ClusterSpec(_Section):
             if not _LABEL_VALUE.match(item) or len(item) > 63:
                 raise ValueError(f"{item!r} (for {key!r}) is not a valid label value")
         return value
+
+    @model_validator(mode="after")
+    def _backend_limits(self) -> ClusterSpec:
+        if self.backend == "ascendjob" and self.backoff_limit == 0:
+            raise ValueError(
+                "backoff_limit 0 cannot be expressed on the ascendjob backend: the ascend-operator reads "
+                "runPolicy.backoffLimit 0 as unlimited; use 1 or more"
+            )
+        return self
 
     @property
     def world_size(self) -> int:
@@ -333,8 +379,8 @@ class JobSpec(_Section):
     """A whole training job."""
 
     name: str = Field(
-        description="Job name: a DNS-1123 label of at most 45 characters.",
-        json_schema_extra=_schema(_DNS_PATTERN, JOB_NAME_MAX),
+        description="Job name: a DNS-1035 label (a lower-case letter first) of at most 45 characters.",
+        json_schema_extra=_schema(_DNS1035_LABEL.pattern, JOB_NAME_MAX),
     )
     model: ModelSpec
     data: DataSpec
@@ -349,4 +395,10 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _check_dns_label(value, JOB_NAME_MAX)
+        if len(value) > JOB_NAME_MAX or not _DNS1035_LABEL.match(value):
+            raise ValueError(
+                f"{value!r} must be a DNS-1035 label (a DNS-1123 label that starts with a letter) of at most "
+                f"{JOB_NAME_MAX} characters: lower-case letters, digits and '-', starting with a letter and ending "
+                "with a letter or digit (every backend names a Service after the job, and Service names must be)"
+            )
+        return value

@@ -86,9 +86,11 @@ class GPSA(MHSA):
         self.pos_proj.bias.set_data(Tensor(np.zeros(self.heads, np.float32)))
 
     def attention(self, q: Tensor, k: Tensor) -> Tensor:
-        pos_score = ops.softmax(self.pos_proj(self.rel_indices).transpose(0, 3, 1, 2), axis=-1)
-        gate = ops.sigmoid(self.gating_param).reshape(1, -1, 1, 1)
-        return (1.0 - gate) * content_attention(q, k, self.scale) + gate * pos_score
+        # Under AMP O2 q and k are float16 while the gate's parameter and the constant table stay float32:
+        # everything is computed in q's dtype, as MindCV's cell-level casts do.
+        pos_score = ops.softmax(self.pos_proj(self.rel_indices.astype(q.dtype)).transpose(0, 3, 1, 2), axis=-1)
+        gate = ops.sigmoid(self.gating_param.astype(q.dtype)).reshape(1, -1, 1, 1)
+        return (1.0 - gate) * content_attention(q, k, self.scale) + gate * pos_score.astype(q.dtype)
 
 
 class Block(nn.Cell):  # type: ignore[misc]

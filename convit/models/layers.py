@@ -54,8 +54,8 @@ class PatchEmbed(nn.Cell):  # type: ignore[misc]
         b = x.shape[0]
         g, p, c = self.grid, self.patch, self.in_chans
         x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
-        w = self.proj.weight.reshape(self.dim, c * p * p)
-        return ops.matmul(x, w.T) + self.proj.bias
+        w = self.proj.weight.reshape(self.dim, c * p * p).astype(x.dtype)  # float16 under AMP O2
+        return ops.matmul(x, w.T) + self.proj.bias.astype(x.dtype)
 
 
 class Mlp(nn.Cell):  # type: ignore[misc]
@@ -85,5 +85,5 @@ class DropPath(nn.Cell):  # type: ignore[misc]
             return x
         if uniform is None:
             uniform = ops.rand((x.shape[0],), dtype=x.dtype)
-        mask = ops.floor(self.keep + uniform).reshape(-1, 1, 1)
+        mask = ops.floor(self.keep + uniform).reshape(-1, 1, 1).astype(x.dtype)  # float16 under AMP O2
         return x / self.keep * mask

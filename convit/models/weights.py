@@ -14,7 +14,7 @@ from convit.errors import ConvitError
 # Optimizer and training-loop entries of MindCV/MindSpore checkpoints: not model weights.
 _NON_MODEL = re.compile(
     r"^(adam_m\.|adam_v\.|moments\.|accum\.|global_step$|beta1_power$|beta2_power$|learning_rate$|"
-    r"current_iterator_step$|last_overflow_iterator_step$|epoch_num$|step_num$|scale_sense$|convit\.)"
+    r"current_iterator_step$|overflow_steps$|last_overflow_iterator_step$|epoch_num$|step_num$|scale_sense$|convit\.)"
 )
 
 

@@ -1,10 +1,8 @@
-"""`python -m convit.train --job jobs/convit_tiny.yaml [--set key=value ...]`.
+"""`python -m convit.train --job jobs/convit_tiny.yaml [--set key=value ...]`: one training process.
 
-One command for every role, so the image has one entrypoint:
-  - with MS_ROLE unset and MS_LOCAL_WORKER set (a training pod), it is the pod supervisor: it starts the
-    MindSpore scheduler (pod 0) and one worker per NPU, each running this same command;
-  - with MS_ROLE=MS_SCHED it is the MindSpore scheduler;
-  - otherwise (MS_ROLE=MS_WORKER, or a plain single-process run) it trains.
+In a pod the entrypoint is `python -m convit.cluster` (convit/cluster/supervisor.py), which starts this command
+once per process it plans: with MS_ROLE=MS_SCHED it is the MindSpore scheduler, otherwise a worker that trains
+(a plain run outside a cluster trains alone). Started directly as a pod's command it supervises the same way.
 """
 
 from __future__ import annotations
@@ -68,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = load_job(args.job, overrides_of(args))
         role = os.environ.get(contract.ENV_ROLE)
-        if role is None and os.environ.get(contract.ENV_LOCAL):
-            from convit.cluster.supervisor import supervise
+        from convit.cluster.supervisor import supervise, supervises
 
+        if supervises():  # started as a pod's command (the image runs `python -m convit.cluster`, the same thing)
             return supervise(sys.argv[1:] if argv is None else argv)
-        from convit.train.runtime import init_runtime
+        from convit.train.compile_cache import enable_compile_cache
+        from convit.train.runtime import cluster_world_size, init_runtime
 
-        if role == "MS_SCHED":
+        if role != contract.ROLE_SCHED:
+            enable_compile_cache(spec, cluster_world_size())
+
+        if role == contract.ROLE_SCHED:
             init_runtime(args.device)  # the scheduler serves the cluster inside init() until workers finish
             return 0
         runtime = init_runtime(args.device, pynative=args.pynative)

@@ -21,7 +21,7 @@ from convit.train.evaluate import evaluate
 from convit.train.progress import Progress
 from convit.train.runtime import AllReduceSum, Runtime
 from convit.train.schedule import lr_schedule
-from convit.train.step import build_optimizer, build_train_step, drop_noise, loss_of
+from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
 
 log = logging.getLogger("convit.train")
 _DERIVED = {"learning_rate"}  # optimizer state recomputed from the recipe, never restored
@@ -66,9 +66,11 @@ class Trainer:
         self.total_steps = spec.train.epochs * self.steps_per_epoch
         if spec.train.max_steps:
             self.total_steps = min(self.total_steps, spec.train.max_steps)
-        self.lrs = lr_schedule(spec.train, self.steps_per_epoch)
+        self.global_batch = spec.train.batch_size * runtime.world_size
+        self.peak_lr = spec.train.peak_lr(self.global_batch)
+        self.lrs = lr_schedule(spec.train, self.steps_per_epoch, self.peak_lr)
         self.optimizer = build_optimizer(self.model, spec, self.lrs)
-        self.train_step = build_train_step(self.model, self.optimizer, spec, runtime.device)
+        self.train_step = build_train_step(self.model, self.optimizer, spec)
         staging = Path(os.environ.get(contract.ENV_CACHE_DIR, "/tmp/convit-cache")) / spec.name / f"rank-{runtime.rank}"
         self.checkpoints = CheckpointStore(
             spec.checkpoint.uri, staging, spec.checkpoint.keep_last, spec.checkpoint.keep_best
@@ -204,7 +206,7 @@ class Trainer:
         self.stop.install()
         resumed = self.resume()
         spec, rt = self.spec, self.runtime
-        global_batch = spec.train.batch_size * rt.world_size
+        global_batch = self.global_batch
         self.progress.start(
             model=spec.model.name,
             params=self.params,
@@ -212,6 +214,8 @@ class Trainer:
             device=rt.device,
             batch_per_card=spec.train.batch_size,
             global_batch=global_batch,
+            peak_lr=f"{self.peak_lr:.3e}",
+            amp=spec.train.amp_level,
             train_samples=self.train_loader.num_samples,
             val_samples=self.val_loader.num_samples,
             steps_per_epoch=self.steps_per_epoch,
@@ -240,7 +244,7 @@ class Trainer:
                 self.epoch_step += 1
                 window_steps += 1
                 if self.global_step % interval == 0 or self.global_step == self.total_steps:
-                    loss = loss_of(output)  # the only host sync of a step
+                    loss, overflows = step_outputs(output)  # the only host sync of a step
                     if not np.isfinite(loss):
                         log.error("loss is %s at step %d; stopping", loss, self.global_step)
                         return 3
@@ -257,6 +261,7 @@ class Trainer:
                         images_per_s=global_batch / step_time,
                         step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
+                        overflows=overflows,
                     )
                     window_start, window_steps = now, 0
                 del tick

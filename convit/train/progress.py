@@ -58,10 +58,12 @@ class Progress:
         images_per_s: float,
         step_time: float,
         eta_s: float,
+        overflows: int = 0,
     ) -> None:
+        """`overflows`: steps skipped so far because their loss-scaled gradients were not finite."""
         text = (
             f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.2e} "
-            f"img/s {images_per_s:.1f} s/step {step_time:.3f} eta {format_duration(eta_s)}"
+            f"img/s {images_per_s:.1f} s/step {step_time:.3f} eta {format_duration(eta_s)} overflows {overflows}"
         )
         fields = {
             "epoch": epoch,
@@ -73,6 +75,7 @@ class Progress:
             "images_per_s": round(images_per_s, 2),
             "step_time": round(step_time, 4),
             "eta_s": round(eta_s, 1),
+            "overflows": overflows,
         }
         self._emit("progress", text, fields)
 

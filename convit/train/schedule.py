@@ -11,15 +11,20 @@ from numpy.typing import NDArray
 from convit.jobspec.schema import TrainSpec
 
 
-def lr_schedule(train: TrainSpec, steps_per_epoch: int) -> NDArray[Any]:
-    """One float32 LR per global step of the whole recipe (epochs x steps_per_epoch)."""
+def lr_schedule(train: TrainSpec, steps_per_epoch: int, peak_lr: float | None = None) -> NDArray[Any]:
+    """One float32 LR per global step of the whole recipe (epochs x steps_per_epoch).
+
+    `peak_lr` defaults to `train.lr`; the trainer passes `train.peak_lr(global_batch)` (the linear rule).
+    """
+    peak = train.lr if peak_lr is None else peak_lr
+    min_lr = min(train.min_lr, peak)
     total = train.epochs * steps_per_epoch
     warmup = train.warmup_epochs * steps_per_epoch
     lrs = np.empty(total, dtype=np.float32)
     for step in range(total):
         if step < warmup:
-            lrs[step] = train.lr * step / warmup
+            lrs[step] = peak * step / warmup
         else:
             progress = (step - warmup) / max(1, total - warmup)
-            lrs[step] = train.min_lr + 0.5 * (train.lr - train.min_lr) * (1.0 + math.cos(math.pi * progress))
+            lrs[step] = min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * progress))
     return lrs
