@@ -9,7 +9,7 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.shared_memory import SharedMemory
 from multiprocessing.synchronize import Semaphore
 from typing import Any
@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from convit.data.errors import DataError
 from convit.data.index import SampleTable, open_split
 from convit.data.mixup import mix_batch
-from convit.data.order import WINDOW, epoch_rng, rank_plan, val_plan
+from convit.data.order import WINDOW, EpochPlan, Segment, epoch_plan, epoch_rng, val_plan
 from convit.data.transforms import SIZE, TrainAugment, normalize, normalize_into
 from convit.data.worker import DONE, PENDING, Slot, init_worker, load_window, slot_bytes
 from convit.jobspec import JobSpec
@@ -202,18 +202,39 @@ class TrainLoader(_Loader):
         a = spec.augment
         self.augment = TrainAugment(a.scale_min, a.hflip, a.color_jitter, a.auto_augment, a.re_prob)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-        """Batches `start_step`..steps_per_epoch-1 of `epoch`: (float32 N,3,224,224 images, soft targets)."""
-        seed, batch = self.spec.train.seed, self.batch
-        block = SHARD_BLOCK if self.table.sharded else 1
-        plan = rank_plan(
-            self.num_samples, seed=seed, epoch=epoch, rank=self.rank, world=self.world, batch=batch, block=block
+    def plan(self, epoch: int, done: Sequence[Segment] = ()) -> EpochPlan:
+        """This rank's plan for the rest of `epoch` after the epoch's segments `done` (at any world size)."""
+        return epoch_plan(
+            self.num_samples,
+            seed=self.spec.train.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world=self.world,
+            batch=self.batch,
+            block=SHARD_BLOCK if self.table.sharded else 1,
+            done=done,
         )
-        start = start_step * batch
-        bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(plan), WINDOW), len(plan)]
-        tasks = (("train", plan[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a)
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, *, plan: EpochPlan | None = None
+    ) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
+        """The rest of `epoch`'s batches: (float32 N,3,224,224 images, soft targets).
+
+        Either from step `start_step` of an epoch trained at this shape throughout, or the rest of `plan`
+        (`self.plan(epoch, segments)`, for a position recorded at any world size)."""
+        if plan is None:
+            plan = self.plan(epoch, [Segment(self.world, self.batch, start_step)])
+        elif plan.epoch != epoch:
+            raise ValueError(f"a plan of epoch {plan.epoch} for epoch {epoch}")
+        seed, batch, indices = self.spec.train.seed, self.batch, plan.indices
+        start = plan.start * batch
+        bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(indices), WINDOW), len(indices)]
+        tasks = (
+            ("train", indices[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a
+        )
         labels = self.table.labels
-        images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, start_step
+        # Batches are numbered by their step in the epoch (every segment), which seeds mixup/cutmix.
+        images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, plan.done_steps
         for window in self._pool().run(tasks):
             n, j, slot = len(window.indices), 0, window.slot
             sources: Any = range(n)  # slot j of the window takes sample sources[j]

@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if supervises():  # started as a pod's command (the image runs `python -m convit.cluster`, the same thing)
             return supervise(sys.argv[1:] if argv is None else argv)
-        from convit.train.compile_cache import enable_compile_cache
-        from convit.train.runtime import cluster_world_size, init_runtime
-
-        if role != contract.ROLE_SCHED:
-            enable_compile_cache(spec, cluster_world_size())
+        from convit.train.runtime import init_runtime
 
         if role == contract.ROLE_SCHED:
             init_runtime(args.device)  # the scheduler serves the cluster inside init() until workers finish

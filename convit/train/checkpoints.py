@@ -47,9 +47,17 @@ class CheckpointError(ConvitError):
 
 @dataclass(frozen=True)
 class CheckpointMeta:
+    """What a checkpoint's meta.json holds.
+
+    The data position does not depend on the world size: `epoch_samples` samples (all ranks) of `epoch` are
+    consumed, by the segments `segments` ([world size, batch per rank, steps], see convit.data.order), which
+    say exactly which samples. Checkpoints written before elastic resume have neither (nor `world_size`): their
+    `epoch_step` steps are taken to be of the world size that resumes them.
+    """
+
     step: int  # global steps done
     epoch: int  # epoch to continue in
-    epoch_step: int  # steps of that epoch already done
+    epoch_step: int  # steps of that epoch already done (every segment)
     sha256: str
     size: int
     model: str
@@ -57,6 +65,10 @@ class CheckpointMeta:
     saved_at: float = 0.0
     reason: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 0  # of the run that saved it; 0: not recorded
+    batch_size: int = 0  # per rank, of the run that saved it; 0: not recorded
+    epoch_samples: int = 0
+    segments: list[list[int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from convit.cluster import contract
-from convit.data.order import epoch_rng
+from convit.data.order import EpochPlan, Segment, advance, epoch_rng
 from convit.errors import ConvitError
 from convit.jobspec import JobSpec, job_values
 from convit.train.checkpoints import CheckpointMeta, CheckpointStore
+from convit.train.compile_cache import enable_compile_cache
 from convit.train.evaluate import evaluate
 from convit.train.progress import Progress
 from convit.train.runtime import AllReduceSum, Runtime
-from convit.train.schedule import lr_schedule
+from convit.train.schedule import PartialEpoch, first_slot, lr_schedule
 from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
 
 log = logging.getLogger("convit.train")
@@ -71,6 +72,8 @@ class Trainer:
         self.lrs = lr_schedule(spec.train, self.steps_per_epoch, self.peak_lr)
         self.optimizer = build_optimizer(self.model, spec, self.lrs)
         self.train_step = build_train_step(self.model, self.optimizer, spec)
+        # Before anything compiles: the graphs depend on the LR table's length too (a Parameter of the step).
+        enable_compile_cache(spec, runtime.world_size, lr_table=len(self.lrs))
         staging = Path(os.environ.get(contract.ENV_CACHE_DIR, "/tmp/convit-cache")) / spec.name / f"rank-{runtime.rank}"
         self.checkpoints = CheckpointStore(
             spec.checkpoint.uri, staging, spec.checkpoint.keep_last, spec.checkpoint.keep_best
@@ -79,6 +82,8 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
+        self.segments: tuple[Segment, ...] = ()  # the epoch's position: see convit.data.order
+        self.lr_offset = 0  # LR table slot minus global step (not 0 after an epoch resumed at another shape)
         self.last_top1: float | None = None
 
     # ---- state ----------------------------------------------------------------------------------------------
@@ -119,6 +124,10 @@ class Trainer:
             raise CheckpointError(f"it does not fit this model ({what})")
         ms.load_param_into_net(self.train_step, {k: values[k] for k in own}, strict_load=True)
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
+        if meta.segments:
+            self.segments = tuple(Segment(*seg) for seg in meta.segments)
+        else:  # written before elastic resume (or at an epoch's start): steps of this world size
+            self.segments = advance((), self.runtime.world_size, self.spec.train.batch_size, meta.epoch_step)
 
     def resume(self) -> CheckpointMeta | None:
         store = self.checkpoints
@@ -132,6 +141,50 @@ class Trainer:
         if meta is None and self.spec.model.pretrained:
             self._load_pretrained(self.spec.model.pretrained)
         return meta
+
+    def _position(self) -> EpochPlan:
+        """Fit the schedule to the data position (restored or fresh): the step count, LR table and optimizer step.
+
+        The LR table keeps its shape (epochs x steps_per_epoch of this world size, the one a fresh run compiles
+        into its graph) and stays indexed by the optimizer's step counter. When the epoch was begun at another
+        shape, its remaining steps take the last slots of the epoch's row with LRs continuing from the epoch's
+        position (convit.train.schedule), and the optimizer's counter is moved to those slots here rather than
+        stretching or re-indexing the table: every later epoch then uses exactly a fresh run's slots. The
+        counter lags the slot by the overflowed steps (a skipped update does not advance it), so it is set to
+        slot - overflow_steps, which is what it holds already when the whole run kept one shape.
+        """
+        import mindspore as ms
+
+        t = self.spec.train
+        plan = self.train_loader.plan(self.epoch, self.segments)
+        spe = self.steps_per_epoch
+        partial = PartialEpoch(self.epoch, plan.fraction, plan.steps)
+        if plan.elastic:
+            self.lrs = lr_schedule(t, spe, self.peak_lr, partial)
+            self.train_step.parameters_dict()["learning_rate"].set_data(ms.Tensor(self.lrs))  # same shape
+        slot = first_slot(spe, partial) + plan.start  # == epoch x spe + epoch_step when the epoch kept one shape
+        self.lr_offset = slot - self.global_step
+        overflows = int(self.train_step.overflow_steps.asnumpy())
+        counter = self.optimizer.global_step
+        wanted = max(0, slot - overflows)
+        if int(counter.asnumpy().reshape(-1)[0]) != wanted:
+            counter.set_data(ms.Tensor(np.full(counter.shape, wanted, np.int32)))
+        rest = (plan.steps - plan.start) + (t.epochs - self.epoch - 1) * spe if self.epoch < t.epochs else 0
+        self.total_steps = self.global_step + rest
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        return plan
+
+    def _resume_line(self, meta: CheckpointMeta | None, plan: EpochPlan) -> str:
+        if meta is None:
+            return "none"
+        text = f"step {meta.step} (epoch {self.epoch + 1}, {plan.done_samples} of {plan.kept_samples} samples)"
+        world, batch = self.runtime.world_size, self.spec.train.batch_size
+        if meta.world_size and meta.world_size != world:
+            text += f" from world size {meta.world_size} to {world}"
+        elif meta.batch_size and meta.batch_size != batch:
+            text += f" from batch {meta.batch_size} to {batch} per rank"
+        return text
 
     def _load_pretrained(self, uri: str) -> None:
         """Fine-tuning start: weights only (MindCV or our own checkpoint), optimizer state fresh."""
@@ -174,6 +227,10 @@ class Trainer:
             "top1": self.last_top1,
             "reason": reason,
             "recipe": job_values(self.spec),
+            "world_size": self.runtime.world_size,
+            "batch_size": self.spec.train.batch_size,
+            "epoch_samples": sum(seg.samples for seg in self.segments),
+            "segments": [[seg.world, seg.batch, seg.steps] for seg in self.segments],
         }
         self.checkpoints.save(self._write_checkpoint, meta, background=background)
         uri = f"{self.spec.checkpoint.uri}/checkpoints/step-{self.global_step:09d}"
@@ -205,6 +262,7 @@ class Trainer:
 
         self.stop.install()
         resumed = self.resume()
+        plan = self._position()
         spec, rt = self.spec, self.runtime
         global_batch = self.global_batch
         self.progress.start(
@@ -220,11 +278,7 @@ class Trainer:
             val_samples=self.val_loader.num_samples,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
-            resume=(
-                f"step {resumed.step} (epoch {resumed.epoch + 1}, step {resumed.epoch_step} of it)"
-                if resumed
-                else "none"
-            ),
+            resume=self._resume_line(resumed, plan),
         )
         if self.global_step >= self.total_steps:
             self.progress.done(step=self.global_step, reason="already complete")
@@ -234,7 +288,13 @@ class Trainer:
         step_times: list[float] = []
         while self.global_step < self.total_steps:
             epoch = self.epoch
-            for images, targets in self.train_loader.epoch(epoch, self.epoch_step):
+            if plan.epoch != epoch:
+                plan = self.train_loader.plan(epoch, self.segments)
+            end = plan.epoch_steps  # the epoch step at which this epoch ends
+            if plan.start >= plan.steps:  # resumed at a shape that cannot fill a global batch of what is left
+                self.epoch, self.epoch_step, self.segments = epoch + 1, 0, ()
+            batches = self.train_loader.epoch(epoch, plan=plan) if self.epoch == epoch else iter(())
+            for images, targets in batches:
                 tick = time.monotonic()
                 noise = drop_noise(
                     self.model, len(images), epoch_rng(spec.train.seed, epoch, rt.rank, self.epoch_step, 11)
@@ -242,6 +302,7 @@ class Trainer:
                 output = self.train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise))
                 self.global_step += 1
                 self.epoch_step += 1
+                self.segments = advance(self.segments, rt.world_size, spec.train.batch_size)
                 window_steps += 1
                 if self.global_step % interval == 0 or self.global_step == self.total_steps:
                     loss, overflows = step_outputs(output)  # the only host sync of a step
@@ -257,7 +318,7 @@ class Trainer:
                         step=self.global_step,
                         steps=self.total_steps,
                         loss=loss,
-                        lr=float(self.lrs[min(self.global_step, len(self.lrs)) - 1]),
+                        lr=float(self.lrs[min(self.global_step + self.lr_offset, len(self.lrs)) - 1]),
                         images_per_s=global_batch / step_time,
                         step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
@@ -265,8 +326,8 @@ class Trainer:
                     )
                     window_start, window_steps = now, 0
                 del tick
-                if self.epoch_step == self.steps_per_epoch:
-                    self.epoch, self.epoch_step = epoch + 1, 0
+                if self.epoch_step == end:
+                    self.epoch, self.epoch_step, self.segments = epoch + 1, 0, ()
                 every = spec.checkpoint.interval_steps
                 final = self.global_step >= self.total_steps  # the final checkpoint follows below
                 if every and self.global_step % every == 0 and self.epoch_step != 0 and not final:
