@@ -2,10 +2,24 @@
 # It cannot be built on the development machines (no Docker engine); tests/test_dockerfile.py lints it with
 # hadolint and checks that the command and environment the manifests use exist in the package.
 #
-# BASE_IMAGE must provide CANN for the Ascend 910 and Python 3.11; MindSpore 2.10 comes from pyproject.toml.
-# The NPU driver itself is mounted from the host at /usr/local/Ascend/driver (see launcher/render/common.py).
-ARG BASE_IMAGE=swr.cn-south-1.myhuaweicloud.com/ascendhub/cann:8.1.rc1-910-ubuntu22.04-py3.11
+# MindSpore and CANN come in pairs: MindSpore's install page (https://www.mindspore.cn/install) and the MindSpore
+# Transformers version tables list which CANN each MindSpore release is built and tested against, e.g.
+# MindSpore 2.6.0-rc1 with CANN 8.1.RC1, 2.7.1 with 8.3.RC1, 2.7.2 with 8.5.0 and 2.9.0 with 9.0.0. Change the two
+# together, to another listed pair, and never one alone:
+#   docker build --build-arg MINDSPORE_VERSION=2.7.2 --build-arg CANN_VERSION=8.5.0 .
+# pyproject.toml pins the MindSpore the CPU tests run (2.10.0 on x86_64); the image replaces that pin with
+# MINDSPORE_VERSION, so the image always holds the pair named here. BASE_IMAGE must provide that CANN for the
+# Ascend 910 and Python 3.11. The NPU driver itself is mounted from the host at /usr/local/Ascend/driver
+# (see launcher/render/common.py).
+ARG MINDSPORE_VERSION=2.9.0
+ARG CANN_VERSION=9.0.0
+ARG BASE_IMAGE=swr.cn-south-1.myhuaweicloud.com/ascendhub/cann:${CANN_VERSION}-910-ubuntu22.04-py3.11
 FROM ${BASE_IMAGE}
+ARG MINDSPORE_VERSION
+ARG CANN_VERSION
+LABEL org.opencontainers.image.title="convit-train" \
+      ai.mindspore.version="${MINDSPORE_VERSION}" \
+      com.huawei.ascend.cann.version="${CANN_VERSION}"
 
 # HwHiAiUser owns the NPU devices on Ascend hosts (gid 1000 by CANN's default); the pods run as the high,
 # host-unused UID 10001 with that group, which is what opening the devices needs.
@@ -31,11 +45,15 @@ COPY pyproject.toml README.md ./
 COPY convit ./convit
 COPY launcher ./launcher
 COPY jobs ./jobs
-RUN python -m pip install --no-cache-dir . \
-    && python -c "import convit.train.loop, convit.data, convit.models"
+RUN sed -i -E "s/\"mindspore==[^\"]+\"/\"mindspore==${MINDSPORE_VERSION}\"/" pyproject.toml \
+    && grep -q "\"mindspore==${MINDSPORE_VERSION}\"" pyproject.toml \
+    && python -m pip install --no-cache-dir . \
+    && python -c "import convit.train.loop, convit.data, convit.models, convit.cluster.supervisor" \
+    && python -c "import mindspore, sys; sys.exit(mindspore.__version__ != '${MINDSPORE_VERSION}')"
 
 USER ${APP_UID}:${DRIVER_GID}
 # Training runs as a batch job: readiness is the progress log, not a health endpoint.
 HEALTHCHECK NONE
-ENTRYPOINT ["python", "-m", "convit.train"]
+# The pod entrypoint (convit/cluster/__main__.py): it starts the pod's scheduler/worker processes.
+ENTRYPOINT ["python", "-m", "convit.cluster"]
 CMD ["--job", "/etc/convit/job.json"]

@@ -1,15 +1,18 @@
-"""`python -m launcher`: submit, render, status, logs, list and delete ConViT training jobs."""
+"""`python -m launcher`: submit, render, status, logs, wait, suspend, resume, list and delete ConViT training (and
+evaluation) jobs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from convit.jobspec import JobSpec, load_job
-from launcher.backends.base import Backend
+from launcher.backends.base import Backend, JobStatus
 from launcher.client import TrainingClient
+from launcher.errors import LauncherError
 
 # submit/render flags -> job keys (the same keys `--set` takes)
 FLAG_KEYS = {
@@ -29,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def job_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("job", metavar="JOB", help="recipe name from jobs/ (e.g. convit_small_plus) or a YAML file")
-        p.add_argument("--name", help="job name (DNS-1123 label); default: the recipe's")
-        p.add_argument("--pods", type=int, help="pods (servers of 8 NPUs)")
+        p.add_argument("--name", help="job name (DNS-1035 label: starts with a letter); default: the recipe's")
+        p.add_argument(
+            "--pods",
+            type=int,
+            help="pods (servers of 8 NPUs); the peak LR follows the global batch (train.reference_batch)",
+        )
         p.add_argument("-n", "--namespace", help="Kubernetes namespace")
         p.add_argument("--image", help="training image")
         p.add_argument("--data", help="dataset URI (s3://... or file:///...)")
@@ -44,11 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override any job value, e.g. train.lr=1e-3 (repeatable)",
         )
+        p.add_argument(
+            "--evaluate",
+            action="store_true",
+            help="evaluate --weights on the validation split (python -m convit.evaluate) instead of training; "
+            "the job is named <name>-eval",
+        )
+        p.add_argument("--weights", metavar="URI", help="with --evaluate: a MindCV .ckpt or our checkpoint (directory)")
 
-    submit = sub.add_parser("submit", help="validate, render and create a training job")
+    def wait_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds (exit 124)")
+        p.add_argument("--interval", type=float, metavar="S", help="seconds between status checks (default 5, local 1)")
+
+    submit = sub.add_parser("submit", help="validate, render and create a training (or evaluation) job")
     job_args(submit)
     submit.add_argument("--dry-run", action="store_true", help="validate and (on a cluster) dry-run on the server")
     submit.add_argument("-f", "--follow", action="store_true", help="stream rank 0's log until the job ends")
+    submit.add_argument(
+        "--wait", action="store_true", help="block until the job ends: exit 0 if it succeeded, 1 if not, 124 on timeout"
+    )
+    wait_args(submit)
     submit.add_argument("--local", action="store_true", help="run on this machine's CPU instead of Kubernetes")
     render = sub.add_parser("render", help="print the manifests submit would create")
     job_args(render)
@@ -71,9 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("-n", "--namespace", default="default")
     lst.add_argument("--local", action="store_true")
     lst.add_argument("--context")
+    wait = sub.add_parser("wait", help="block until a job ends: exit 0 if it succeeded, 1 if not, 124 on timeout")
+    name_args(wait)
+    wait_args(wait)
+    suspend = sub.add_parser("suspend", help="stop a job's pods gracefully (rank 0 checkpoints), keeping the job")
+    name_args(suspend)
+    resume = sub.add_parser("resume", help="restart a suspended job's pods from the newest checkpoint")
+    name_args(resume)
     delete = sub.add_parser("delete", help="delete a job and the objects it created")
     name_args(delete)
     return parser
+
+
+EVAL_SUFFIX = "-eval"
+WAIT_TIMEOUT = 124  # exit code of `wait` (and `submit --wait`) on timeout, as timeout(1) has it
 
 
 def spec_of(args: argparse.Namespace) -> JobSpec:
@@ -81,7 +114,50 @@ def spec_of(args: argparse.Namespace) -> JobSpec:
     overrides = [
         f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
     ]
-    return load_job(args.job, [*overrides, *args.overrides])
+    spec = load_job(args.job, [*overrides, *args.overrides])
+    if getattr(args, "evaluate", False) and not spec.name.endswith(EVAL_SUFFIX):
+        # An evaluation is a job of its own, next to the training job it evaluates: `<name>-eval`.
+        spec = load_job(args.job, [*overrides, *args.overrides, f"name={json.dumps(spec.name + EVAL_SUFFIX)}"])
+    return spec
+
+
+def evaluate_of(args: argparse.Namespace) -> str | None:
+    """The weights URI of an evaluation job, None for training; a usage error when the flags disagree."""
+    if getattr(args, "weights", None) and not args.evaluate:
+        raise LauncherError("--weights is for evaluation jobs: add --evaluate (training starts from model.pretrained)")
+    if args.evaluate and not args.weights:
+        raise LauncherError("--evaluate needs --weights URI (a MindCV .ckpt, or our checkpoint directory)")
+    return str(args.weights) if args.evaluate else None
+
+
+def final_line(status: JobStatus) -> str:
+    return f"job {status.name} {status.phase.lower()}" + (f": {status.result}" if status.result else "")
+
+
+def wait_for(client: TrainingClient, name: str, args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    interval = args.interval or (1.0 if getattr(args, "local", False) else 5.0)
+    status = client.wait(name, poll_seconds=interval, timeout=args.timeout)
+    if not status.finished:
+        say(f"job {name} still {status.phase.lower()} after {args.timeout:g}s: timed out waiting")
+        return WAIT_TIMEOUT
+    say(final_line(status))
+    return 0 if status.phase == "Succeeded" else 1
+
+
+def scaling_note(args: argparse.Namespace, spec: JobSpec) -> str | None:
+    """One line on what --pods does to the global batch and the peak LR (MindCV's linear rule)."""
+    if args.pods is None:
+        return None
+    recipe = spec_of(argparse.Namespace(**{**vars(args), "pods": None}))
+    batch = spec.train.batch_size * spec.cluster.world_size
+    recipe_batch = recipe.train.batch_size * recipe.cluster.world_size
+    head = f"--pods {args.pods}: global batch {batch} (recipe {recipe_batch}), "
+    if not spec.train.reference_batch:
+        return head + f"peak LR {spec.train.peak_lr(batch):.2e} unchanged (train.reference_batch 0: no scaling)"
+    return head + (
+        f"peak LR {spec.train.peak_lr(batch):.2e} (recipe {recipe.train.peak_lr(recipe_batch):.2e} at "
+        f"{recipe_batch}; linear rule, train.reference_batch {spec.train.reference_batch})"
+    )
 
 
 def backend_of(args: argparse.Namespace, namespace: str) -> Backend:
@@ -105,33 +181,42 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
     if args.command == "render":
         from launcher.render import render_objects, render_yaml
 
-        out.write(render_yaml(render_objects(spec_of(args))))
+        spec = spec_of(args)
+        note = scaling_note(args, spec)
+        if note:
+            print(note, file=sys.stderr, flush=True)  # stderr: the YAML on stdout stays clean
+        out.write(render_yaml(render_objects(spec, evaluate=evaluate_of(args))))
         return 0
     if args.command == "submit":
         spec = spec_of(args)
+        note = scaling_note(args, spec)
+        if note:
+            say(note)
+        weights = evaluate_of(args)
         client = TrainingClient(backend_of(args, spec.cluster.namespace))
-        name = client.submit(spec, dry_run=args.dry_run)
+        name = client.submit(spec, dry_run=args.dry_run, evaluate=weights)
         where = "--local" if args.local else f"-n {spec.cluster.namespace}"
+        what = "evaluation job" if weights else "job"
         if args.dry_run:
             say(
-                f"dry run: job {name} ({spec.cluster.backend}, {spec.cluster.pods} pods x "
+                f"dry run: {what} {name} ({spec.cluster.backend}, {spec.cluster.pods} pods x "
                 f"{spec.cluster.npus_per_pod} NPUs) is valid; nothing was created"
             )
             return 0
         say(
-            f"submitted job {name}: {spec.model.name}, {spec.cluster.pods} pod(s) x {spec.cluster.npus_per_pod} "
-            f"{'CPU workers' if args.local else 'NPUs'}"
+            f"submitted {what} {name}: {spec.model.name}, {spec.cluster.pods} pod(s) x {spec.cluster.npus_per_pod} "
+            f"{'CPU workers' if args.local else 'NPUs'}" + (f", weights {weights}" if weights else "")
         )
-        if not args.follow:
+        if not (args.follow or args.wait):
             say(f"  follow:  python -m launcher logs {name} {where} -f")
+            say(f"  wait:    python -m launcher wait {name} {where}")
             say(f"  status:  python -m launcher status {name} {where}")
             say(f"  delete:  python -m launcher delete {name} {where}")
             return 0
-        for line in client.logs(name, follow=True, rank=0):
-            say(line)
-        status = client.wait(name, poll_seconds=1.0)
-        say(f"job {name} {status.phase.lower()}")
-        return 0 if status.phase == "Succeeded" else 1
+        if args.follow:
+            for line in client.logs(name, follow=True, rank=0):
+                say(line)
+        return wait_for(client, name, args, say)
     client = TrainingClient(backend_of(args, args.namespace))
     if args.command == "status":
         st = client.status(args.name)
@@ -141,7 +226,18 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
                 f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}"
                 + (f", node {pod.node}" if pod.node else "")
             )
-        say(f"  progress: {st.latest_progress or 'none yet'}")
+        if st.result:
+            say(f"  result: {st.result}")
+        else:
+            say(f"  progress: {st.latest_progress or 'none yet'}")
+        return 0
+    if args.command == "wait":
+        return wait_for(client, args.name, args, say)
+    if args.command == "suspend":
+        say(client.suspend(args.name))
+        return 0
+    if args.command == "resume":
+        say(client.resume(args.name))
         return 0
     if args.command == "logs":
         for line in client.logs(args.name, follow=args.follow, rank=None if args.all else args.rank):

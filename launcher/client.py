@@ -14,8 +14,8 @@ class TrainingClient:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
-        return self.backend.submit(spec, dry_run=dry_run)
+    def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
+        return self.backend.submit(spec, dry_run=dry_run, evaluate=evaluate)
 
     def status(self, name: str) -> JobStatus:
         return self.backend.status(name)
@@ -29,9 +29,21 @@ class TrainingClient:
     def delete(self, name: str) -> builtins.list[str]:
         return self.backend.delete(name)
 
-    def wait(self, name: str, poll_seconds: float = 5.0) -> JobStatus:
+    def suspend(self, name: str) -> str:
+        return self.backend.suspend(name)
+
+    def resume(self, name: str) -> str:
+        return self.backend.resume(name)
+
+    def wait(self, name: str, poll_seconds: float = 5.0, timeout: float | None = None) -> JobStatus:
+        """The job's status once it has ended (Succeeded, Failed, Stopped); with `timeout` (seconds), the
+        status at that moment if it has not ended by then (a suspended job has not ended)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.backend.status(name)
             if status.finished:
                 return status
-            time.sleep(poll_seconds)
+            if deadline is not None and time.monotonic() >= deadline:
+                return status
+            pause = poll_seconds if deadline is None else min(poll_seconds, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)

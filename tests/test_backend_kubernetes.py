@@ -14,7 +14,7 @@ from launcher.__main__ import main
 from launcher.backends.kubernetes import KubernetesBackend
 from launcher.errors import LauncherError
 from launcher.render import render_objects
-from tests.support.fake_apiserver import FakeApiServer, Reply, fake_apiserver, fixture
+from tests.support.fake_apiserver import FakeApiServer, Reply, Request, fake_apiserver, fixture
 from tests.support.k8s_schema import validate
 
 NS = "ml"
@@ -183,3 +183,244 @@ def test_list_and_delete_touch_only_the_jobs_objects(api: FakeApiServer, capsys:
 def test_backend_errors_are_launcher_errors(api: FakeApiServer) -> None:
     with pytest.raises(LauncherError, match="not found"):
         KubernetesBackend(NS).delete("ghost")
+
+
+def test_pod_index_comes_from_whichever_controller_made_the_pod() -> None:
+    from launcher.backends.kubernetes import _pod_index
+
+    def pod(annotations: dict[str, str], labels: dict[str, str]) -> dict:  # type: ignore[type-arg]
+        return {"metadata": {"annotations": annotations, "labels": labels}}
+
+    assert _pod_index(pod({"batch.kubernetes.io/job-completion-index": "2"}, {})) == 2  # Indexed Job
+    assert _pod_index(pod({"volcano.sh/task-index": "3"}, {})) == 3  # Volcano
+    assert _pod_index(pod({}, {"training.kubeflow.org/replica-index": "1"})) == 1  # ascend-operator
+    assert _pod_index(pod({}, {})) == -1
+
+
+# ---- evaluation jobs -------------------------------------------------------------------------------------------
+WEIGHTS = "s3://ckpt/convit-tiny/checkpoints/step-000187500"
+
+
+@pytest.mark.parametrize(
+    ("backend", "workload_path"),
+    [
+        ("job", BATCH),
+        ("volcano", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs"),
+        ("ascendjob", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs"),
+    ],
+)
+def test_submit_evaluate_creates_the_training_objects_running_convit_evaluate(
+    api: FakeApiServer, backend: str, workload_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convit.cluster import contract
+    from launcher.render.objects import pod_templates
+
+    args = ["submit", "convit_tiny", "-n", NS, "--pods", "2", "--backend", backend, "--evaluate", "--weights", WEIGHTS]
+    assert main(args) == 0
+    assert "submitted evaluation job convit-tiny-eval: convit_tiny, 2 pod(s)" in capsys.readouterr().out
+    paths = [f"{CORE}/configmaps"] + ([f"{CORE}/services"] if backend == "job" else []) + [workload_path]
+    assert api.calls() == [("POST", p) for p in paths]
+    bodies = [r.body for r in api.requests]
+    for body in bodies:
+        validate(body)
+    assert all(b["metadata"]["name"].startswith("convit-tiny-eval") for b in bodies)
+    # Everything but the container arguments is the training job's (of the same name): same pods, same contract.
+    train = render_objects(
+        load_job(
+            "convit_tiny",
+            [f"cluster.backend={backend}", f"cluster.namespace={NS}", "cluster.pods=2", "name=convit-tiny-eval"],
+        )
+    )
+    templates = pod_templates(bodies[-1])
+    assert len(templates) == (2 if backend == "ascendjob" else 1)
+    for template in templates:
+        (container,) = template["spec"]["containers"]
+        assert container["command"] == list(contract.POD_COMMAND)
+        assert container["args"] == ["--module", "convit.evaluate", "--job", contract.JOB_FILE, "--weights", WEIGHTS]
+        container["args"] = ["--job", contract.JOB_FILE]
+    assert bodies == train
+
+
+def test_the_pod_entrypoint_selects_the_evaluation_module() -> None:
+    from convit.cluster.__main__ import split_module
+
+    assert split_module(["--job", "j"]) == ("convit.train", ["--job", "j"])
+    assert split_module(["--module", "convit.evaluate", "--job", "j"]) == ("convit.evaluate", ["--job", "j"])
+    assert split_module(["--module=convit.evaluate", "--weights", "w"]) == ("convit.evaluate", ["--weights", "w"])
+    from convit.errors import ConvitError
+
+    with pytest.raises(ConvitError, match="expected one of convit.train, convit.evaluate"):
+        split_module(["--module", "os"])
+
+
+def test_supervise_runs_the_given_module_in_every_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from convit.cluster import supervisor
+
+    started: list[tuple[list[str], str | None]] = []
+
+    class Proc:
+        returncode = 0
+
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            started.append((command, env.get("MS_ROLE")))
+
+        def poll(self) -> int:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Proc)
+    env = {"MS_LOCAL_WORKER": "2", "MS_WORKER_NUM": "4", "MS_NODE_RANK": "0"}
+    assert supervisor.supervise(["--job", "j", "--weights", "w"], env, module="convit.evaluate") == 0
+    assert [role for _c, role in started] == ["MS_SCHED", "MS_WORKER", "MS_WORKER"]
+    assert all(c[1:] == ["-m", "convit.evaluate", "--job", "j", "--weights", "w"] for c, _r in started)
+    with pytest.raises(Exception, match="a pod runs one of"):
+        supervisor.supervise([], env, module="convit.export")
+
+
+def test_status_of_a_finished_evaluation_shows_its_result(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.on("GET", f"{BATCH}/convit-tiny-eval", Reply(200, fixture("job-complete.json")))
+    api.on("GET", f"{CORE}/pods", Reply(200, fixture("pods-running.json")))
+    api.on("GET", f"{CORE}/pods/convit-tiny-0-abcde/log", Reply(200, fixture("log-eval-pod0.txt")))
+    assert main(["status", "convit-tiny-eval", "-n", NS]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "job ml/convit-tiny-eval: Succeeded"
+    assert out[-1] == "  result: evaluated 49999 samples: top1 73.116 top5 91.710 loss 1.1902 (1 undecodable skipped)"
+
+
+def test_evaluate_and_weights_go_together(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "convit_tiny", "-n", NS, "--evaluate"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "ERROR: --evaluate needs --weights URI (a MindCV .ckpt, or our checkpoint directory)\n"
+    )
+    assert main(["submit", "convit_tiny", "-n", NS, "--weights", WEIGHTS]) == 1
+    assert capsys.readouterr().err.startswith("ERROR: --weights is for evaluation jobs: add --evaluate")
+    assert api.requests == []
+
+
+# ---- wait ------------------------------------------------------------------------------------------------------
+def _job_sequence(api: FakeApiServer, *names: str, then: str) -> None:
+    replies = itertools.chain(names, itertools.repeat(then))
+    api.on("GET", f"{BATCH}/convit-tiny", lambda r: Reply(200, fixture(next(replies))))
+    api.on("GET", f"{CORE}/pods", Reply(200, fixture("pods-running.json")))
+    api.on("GET", f"{CORE}/pods/convit-tiny-0-abcde/log", Reply(200, fixture("log-pod0-first.txt")))
+
+
+@pytest.mark.parametrize(
+    ("final", "code", "line"),
+    [("job-complete.json", 0, "job convit-tiny succeeded"), ("job-failed.json", 1, "job convit-tiny failed")],
+)
+def test_wait_blocks_until_the_job_ends_and_exits_with_its_outcome(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str], final: str, code: int, line: str
+) -> None:
+    _job_sequence(api, "job-running.json", "job-running.json", "job-suspended.json", then=final)
+    assert main(["wait", "convit-tiny", "-n", NS, "--interval", "0.05"]) == code
+    assert capsys.readouterr().out.splitlines() == [line]
+    assert len([r for r in api.requests if r.path == f"{BATCH}/convit-tiny"]) == 4  # a suspended job has not ended
+
+
+def test_wait_times_out_with_exit_code_124(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    _job_sequence(api, then="job-running.json")
+    assert main(["wait", "convit-tiny", "-n", NS, "--timeout", "0.3", "--interval", "0.05"]) == 124
+    assert capsys.readouterr().out == "job convit-tiny still running after 0.3s: timed out waiting\n"
+
+
+def test_submit_wait_creates_then_waits(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    _job_sequence(api, "job-running.json", then="job-complete.json")
+    assert main(["submit", "convit_tiny", "-n", NS, "--pods", "2", "--wait", "--interval", "0.05"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("--pods 2: global batch") and out[1].startswith("submitted job convit-tiny")
+    assert out[-1] == "job convit-tiny succeeded" and len(out) == 3
+    assert [c for c in api.calls() if c[0] == "POST"][-1] == ("POST", BATCH)
+
+
+# ---- suspend, resume -------------------------------------------------------------------------------------------
+def test_suspend_and_resume_an_indexed_job_patch_spec_suspend(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = {"job": "job-running.json"}
+    api.on("GET", f"{BATCH}/convit-tiny", lambda r: Reply(200, fixture(state["job"])))
+    api.on("GET", f"{CORE}/pods", Reply(200, {"kind": "PodList", "apiVersion": "v1", "items": []}))
+
+    def patch(request: Request) -> Reply:
+        state["job"] = "job-suspended.json" if request.body["spec"]["suspend"] else "job-running.json"
+        return Reply(200, fixture(state["job"]))
+
+    api.on("PATCH", f"{BATCH}/convit-tiny", patch)
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.startswith("suspending job ml/convit-tiny: its pods get SIGTERM")
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert [r.body for r in patches] == [{"spec": {"suspend": True}}]
+    assert patches[0].headers["content-type"] == "application/merge-patch+json"
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "job ml/convit-tiny: Suspended"
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 0  # idempotent: no second patch
+    assert capsys.readouterr().out == "job ml/convit-tiny is already suspended\n"
+    assert main(["resume", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.startswith("resuming job ml/convit-tiny")
+    assert [r.body for r in api.requests if r.method == "PATCH"] == [{"spec": {"suspend": v}} for v in (True, False)]
+    assert main(["resume", "convit-tiny", "-n", NS]) == 1
+    assert capsys.readouterr().err == "ERROR: job ml/convit-tiny is running, not suspended\n"
+
+
+def test_suspend_and_resume_a_volcano_job_create_the_commands_vcctl_creates(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    volcano = f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs/convit-tiny"
+    commands = f"/apis/bus.volcano.sh/v1alpha1/namespaces/{NS}/commands"
+    state = {"job": "volcano-job-running.json"}
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(404, fixture("status-404-job.json")))
+    api.on("GET", volcano, lambda r: Reply(200, fixture(state["job"])))
+    api.on("GET", f"{CORE}/pods", Reply(200, {"kind": "PodList", "apiVersion": "v1", "items": []}))
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 0
+    job = fixture("volcano-job-running.json")
+    owner = {
+        "apiVersion": "batch.volcano.sh/v1alpha1",
+        "kind": "Job",
+        "name": "convit-tiny",
+        "uid": job["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    (post,) = [r for r in api.requests if r.method == "POST"]
+    assert post.path == commands
+    assert post.body == {
+        "apiVersion": "bus.volcano.sh/v1alpha1",
+        "kind": "Command",
+        "metadata": {"generateName": "convit-tiny-abortjob-", "namespace": NS, "ownerReferences": [owner]},
+        "target": owner,
+        "action": "AbortJob",
+    }
+    state["job"] = "volcano-job-aborted.json"  # what the controller makes of it
+    capsys.readouterr()
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "job ml/convit-tiny: Suspended"
+    assert main(["resume", "convit-tiny", "-n", NS]) == 0
+    posts = [r for r in api.requests if r.method == "POST"]
+    assert [(r.path, r.body["action"], r.body["metadata"]["generateName"]) for r in posts[1:]] == [
+        (commands, "ResumeJob", "convit-tiny-resumejob-")
+    ]
+
+
+def test_an_ascendjob_cannot_be_suspended(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    ascend = render_objects(_spec("ascendjob"))[-1]
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(404, fixture("status-404-job.json")))
+    api.on(
+        "GET",
+        f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs/convit-tiny",
+        Reply(404, fixture("status-404-resource.json")),
+    )
+    api.on("GET", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs/convit-tiny", Reply(200, ascend))
+    for command in ("suspend", "resume"):
+        assert main([command, "convit-tiny", "-n", NS]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err.startswith("ERROR: job ml/convit-tiny is an AscendJob, which has no suspend") and err.count("\n") == 1
+        )
+    assert api.calls("POST") == [] and api.calls("PATCH") == []

@@ -79,6 +79,8 @@ def test_chart_renders_the_same_objects_as_the_launcher(recipe: str, backend: st
 def test_overrides_reach_both_renderers_alike(tmp_path: Path) -> None:
     sets = [
         "cluster.pods=3",
+        "cluster.backoff_limit=2",
+        "cluster.master_port=9000",
         "cluster.active_deadline_seconds=3600",
         "storage.endpoint=https://s3.example.com",
         "storage.region=eu-west-1",
@@ -105,6 +107,8 @@ def test_helm_lint_strict_passes() -> None:
         ("cluster.pods=-1", "pods"),
         ("cluster.bogus=1", "bogus"),
         ("name=Not_A_DNS_Name", "name"),
+        ("name=1st-run", "name"),
+        ("cluster.scheduler_cpu=lots", "scheduler_cpu"),
         ("model.name=convit_huge", "model"),
         ("cluster.backend=kubeflow", "backend"),
     ],
@@ -113,6 +117,21 @@ def test_values_schema_rejects_bad_values(override: str, complaint: str) -> None
     result = helm("template", "release", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"), "--set", override)
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+def test_chart_refuses_what_a_controller_would_misread() -> None:
+    result = helm(
+        "template",
+        "release",
+        str(CHART),
+        "-f",
+        str(REPO / "jobs" / "convit_tiny.yaml"),
+        "--set",
+        "cluster.backend=ascendjob",
+        "--set",
+        "cluster.backoff_limit=0",
+    )
+    assert result.returncode != 0 and "backoff_limit 0 cannot be expressed on the ascendjob backend" in result.stderr
 
 
 def test_chart_requires_a_job_file() -> None:
@@ -134,7 +153,9 @@ def test_rbac_is_minimal_and_valid() -> None:
     for obj in objects:
         validate(obj)
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
-    assert verbs <= {"create", "get", "list", "watch", "delete"}
+    assert verbs <= {"create", "get", "list", "watch", "delete", "patch"}
+    patchable = {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
+    assert patchable == {"jobs"}  # suspend/resume of the Indexed Job only
     assert not any("*" in rule["resources"] or "*" in rule["verbs"] for rule in role["rules"])
     assert {"resources": ["pods/log"], "verbs": ["get"], "apiGroups": [""]} in role["rules"]
     assert "secrets" not in {r for rule in role["rules"] for r in rule["resources"]}

@@ -59,7 +59,7 @@ def test_ascend_pod_shape(backend: str) -> None:
     assert container["name"] == contract.CONTAINER_NAME
     assert container["resources"]["requests"]["huawei.com/Ascend910"] == "8"
     assert container["resources"]["limits"]["huawei.com/Ascend910"] == "8"
-    assert container["command"] == list(contract.TRAIN_COMMAND)
+    assert container["command"] == list(contract.POD_COMMAND)
     assert container["args"] == ["--job", contract.JOB_FILE]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -70,12 +70,21 @@ def test_ascend_pod_shape(backend: str) -> None:
     assert shm["emptyDir"]["medium"] == "Memory"
     env = {e["name"]: e for e in container["env"]}
     assert env[contract.ENV_DEVICE]["value"] == "Ascend"
+    assert env[contract.ENV_OVERFLOW_MODE]["value"] == "INFNAN_MODE"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "convit-s3", "key": key}
-    if backend != "ascendjob":  # the AscendJob operator injects the cluster variables itself
+    if backend != "ascendjob":
         assert env[contract.ENV_WORLD]["value"] == "32"
         assert env[contract.ENV_LOCAL]["value"] == "8"
         assert env[contract.ENV_SCHED_PORT]["value"] == "8118"
+        assert pod["restartPolicy"] == "Never"
+    else:  # the ascend-operator appends every MS_* variable and overwrites restartPolicy: render neither
+        assert not [
+            name
+            for name in env
+            if name.startswith("MS_") and name != contract.ENV_OVERFLOW_MODE and name != contract.ENV_TOPO_TIMEOUT
+        ]
+        assert "restartPolicy" not in pod
 
 
 def test_indexed_job_rank_and_rendezvous() -> None:
@@ -139,6 +148,9 @@ def test_hostile_values_render_as_literal_strings(override: str) -> None:
         "name=bad\nname",
         "name=Upper",
         "name=x" * 30,
+        "name=1st-run",
+        "name=-run",
+        "name=run-",
         "cluster.namespace=kube system",
         'cluster.image=img"; rm -rf /',
         'cluster.node_selector={"a": "b\\nc"}',
@@ -152,3 +164,59 @@ def test_hostile_values_render_as_literal_strings(override: str) -> None:
 def test_hostile_values_that_could_change_structure_are_rejected(override: str) -> None:
     with pytest.raises(JobSpecError):
         load_job("convit_tiny", [override])
+
+
+def test_ascendjob_scheduler_pod_is_small_and_serves_master_port() -> None:
+    spec = load_job(
+        "convit_base", ["cluster.backend=ascendjob", "cluster.pods=4", "cluster.master_port=9123", "name=b-run"]
+    )
+    job = render_objects(spec)[-1]
+    replicas = job["spec"]["replicaSpecs"]
+    assert job["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == 5
+    sched = replicas[contract.ASCEND_SCHEDULER]["template"]["spec"]
+    assert replicas[contract.ASCEND_SCHEDULER]["replicas"] == 1 and replicas[contract.ASCEND_WORKER]["replicas"] == 4
+    container = sched["containers"][0]
+    assert container["ports"] == [{"name": contract.ASCEND_PORT_NAME, "containerPort": 9123, "protocol": "TCP"}]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"} == container["resources"]["limits"]
+    assert "nodeSelector" not in sched and all(v["name"] != "ascend-driver" for v in sched["volumes"])
+    assert {"name": contract.ENV_DEVICE, "value": "CPU"} in container["env"]  # the scheduler needs no device
+    worker = replicas[contract.ASCEND_WORKER]["template"]["spec"]
+    assert worker["nodeSelector"] == {"accelerator-type": "module"}
+    assert "ports" not in worker["containers"][0]
+    custom = load_job(
+        "convit_base", ["cluster.backend=ascendjob", "cluster.scheduler_cpu=500m", "cluster.scheduler_memory=1Gi"]
+    )
+    res = render_objects(custom)[-1]["spec"]["replicaSpecs"]["Scheduler"]["template"]["spec"]["containers"][0]
+    assert res["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+
+
+def test_restart_budgets_per_backend() -> None:
+    """backoff_limit whole-job restarts, in each controller's own units (see tests/test_controllers.py)."""
+    job = render_objects(load_job("convit_tiny", ["cluster.pods=3", "cluster.backoff_limit=2"]))[-1]
+    assert job["spec"]["backoffLimit"] == 6  # failed pods: one restart fails all 3
+    volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano", "cluster.backoff_limit=0"]))[-1]
+    assert volcano["spec"]["maxRetry"] == 1  # never 0, which Volcano's webhook would turn into 3
+    assert volcano["spec"]["policies"][0] == {"exitCode": 2, "action": "TerminateJob"}
+    assert volcano["spec"]["plugins"]["svc"] == ["--publish-not-ready-addresses"]
+    with pytest.raises(JobSpecError, match="backoff_limit 0 cannot be expressed on the ascendjob backend"):
+        load_job("convit_tiny", ["cluster.backend=ascendjob", "cluster.backoff_limit=0"])
+
+
+def test_job_names_must_start_with_a_letter() -> None:
+    with pytest.raises(JobSpecError, match="DNS-1035 label.*starting with a letter"):
+        load_job("convit_tiny", ["name=8x8-run"])
+    assert load_job("convit_tiny", ["name=r8x8"]).name == "r8x8"
+
+
+def test_pods_flag_states_the_global_batch_and_lr(capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.__main__ import main
+
+    assert main(["render", "convit_tiny", "--pods", "2"]) == 0
+    captured = capsys.readouterr()
+    assert list(yaml.safe_load_all(captured.out))[-1]["kind"] == "Job"  # stdout: YAML only
+    assert captured.err == (
+        "--pods 2: global batch 4096 (recipe 2048), peak LR 1.44e-03 "
+        "(recipe 7.20e-04 at 2048; linear rule, train.reference_batch 2048)\n"
+    )
+    assert main(["render", "convit_tiny"]) == 0
+    assert capsys.readouterr().err == ""

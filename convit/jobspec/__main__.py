@@ -102,7 +102,8 @@ object with `python -m launcher render`.
 
 `--set rbac.create=true` creates a ServiceAccount, Role and RoleBinding with what the launcher needs and nothing
 more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs and AscendJobs;
-get/list/watch on Pods; get on pods/log. It grants nothing on Secrets: the pods read the S3 Secret through
+get/list/watch on Pods; get on pods/log; patch on batch Jobs and create on Volcano Commands (`launcher
+suspend`/`resume`). It grants nothing on Secrets: the pods read the S3 Secret through
 `secretKeyRef`, which needs no RBAC.
 
 ## Values

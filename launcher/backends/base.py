@@ -23,12 +23,14 @@ class PodStatus:
 class JobStatus:
     name: str
     namespace: str
-    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    phase: str  # Pending | Running | Suspending | Suspended | Succeeded | Failed | Stopped (local) | Unknown
     pods: list[PodStatus] = field(default_factory=list)
     latest_progress: str | None = None
+    result: str | None = None  # an evaluation's `evaluated N samples: top1 ...` line, once rank 0 printed it
 
     @property
     def finished(self) -> bool:
+        """Ended for good (a suspended job is not: it can be resumed)."""
         return self.phase in ("Succeeded", "Failed", "Stopped")
 
 
@@ -45,8 +47,9 @@ class Backend(abc.ABC):
     namespace: str
 
     @abc.abstractmethod
-    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
-        """Create the job's objects; returns the job name."""
+    def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
+        """Create the job's objects; returns the job name. With `evaluate` (a weights URI) the pods evaluate
+        those weights (`python -m convit.evaluate`) instead of training."""
 
     @abc.abstractmethod
     def status(self, name: str) -> JobStatus: ...
@@ -61,3 +64,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self, name: str) -> builtins.list[str]:
         """Delete the job and what it created; returns what was deleted, as `Kind/name`."""
+
+    @abc.abstractmethod
+    def suspend(self, name: str) -> str:
+        """Stop the job's pods gracefully (rank 0 saves a checkpoint on SIGTERM), keeping the job; returns a line
+        saying what was done."""
+
+    @abc.abstractmethod
+    def resume(self, name: str) -> str:
+        """Start a suspended job's pods again (they resume from the newest checkpoint); returns a line."""

@@ -11,19 +11,27 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
 from launcher.errors import LauncherError
-from launcher.progress import latest_progress
+from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
 from launcher.render.common import APP
 
 T = TypeVar("T")
-CONTAINER = "ascend"
+CONTAINER = contract.CONTAINER_NAME
 # (group, version, plural) of the custom workloads
 VOLCANO = ("batch.volcano.sh", "v1alpha1", "jobs")
 ASCEND = ("mindxdl.gitee.com", "v1", "ascendjobs")
-INDEX_ANNOTATIONS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
+# Volcano's job commands (what `vcctl job suspend/resume` create): volcano-sh/volcano pkg/cli/util/util.go
+# CreateJobCommand, called by pkg/cli/job/suspend.go (AbortJob) and resume.go (ResumeJob).
+VOLCANO_COMMANDS = ("bus.volcano.sh", "v1alpha1", "commands")
+MERGE_PATCH = "application/merge-patch+json"
+# Where each controller writes a pod's index (contract.py): Indexed Job and Volcano in an annotation, the
+# ascend-operator (kubeflow common labels) in a label.
+INDEX_ANNOTATIONS = (contract.INDEXED_INDEX_ANNOTATION, contract.VOLCANO_INDEX_ANNOTATION)
+INDEX_LABELS = (contract.INDEXED_INDEX_ANNOTATION, *contract.ASCEND_REPLICA_INDEX_LABELS)
 
 
 class KubernetesBackend(Backend):
@@ -96,10 +104,10 @@ class KubernetesBackend(Backend):
                 lambda: self.custom.create_namespaced_custom_object(group, version, ns, plural, obj, **opts),
             )
 
-    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
+    def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
         self.namespace = spec.cluster.namespace
         created: list[dict[str, Any]] = []
-        for obj in render_objects(spec):
+        for obj in render_objects(spec, evaluate=evaluate):
             try:
                 self._create(obj, dry_run)
             except _Conflict:
@@ -165,10 +173,22 @@ class KubernetesBackend(Backend):
                     return "Succeeded"
                 if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
                     return "Failed"
+            if (obj.get("spec") or {}).get("suspend"):  # pods are stopping (and checkpointing) until none is active
+                return "Suspending" if status.get("active") or status.get("terminating") else "Suspended"
             return "Running" if status.get("active") else "Pending"
         if kind == "volcano":
+            # Our policies never abort a job (volcano_job in launcher/render/objects.py), so Aborting/Aborted is a
+            # suspension (AbortJob, from `suspend` or vcctl job suspend), which ResumeJob undoes.
             phase = (status.get("state") or {}).get("phase", "Pending")
-            return str({"Completed": "Succeeded", "Aborted": "Failed", "Terminated": "Failed"}.get(phase, phase))
+            return str(
+                {
+                    "Completed": "Succeeded",
+                    "Terminated": "Failed",
+                    "Failed": "Failed",
+                    "Aborting": "Suspending",
+                    "Aborted": "Suspended",
+                }.get(phase, phase)
+            )
         conditions = status.get("conditions") or []
         last = conditions[-1].get("type", "Pending") if conditions else "Pending"
         return {"Succeeded": "Succeeded", "Failed": "Failed", "Running": "Running"}.get(last, "Pending")
@@ -178,7 +198,7 @@ class KubernetesBackend(Backend):
         kind, obj = self._workload(name)
         pods = [_pod_status(p) for p in self._pods(name)]
         pods.sort(key=lambda p: (p.index, p.name))
-        progress = None
+        progress = result = None
         rank0 = [p for p in pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")]
         if rank0:
             try:
@@ -193,10 +213,11 @@ class KubernetesBackend(Backend):
                         _request_timeout=self.timeout,
                     ),
                 )
-                progress = latest_progress(str(text).splitlines())
+                lines = str(text).splitlines()
+                progress, result = latest_progress(lines), latest_result(lines)
             except LauncherError:
-                progress = None
-        return JobStatus(name, self.namespace, self._phase(kind, obj), pods, progress)
+                pass
+        return JobStatus(name, self.namespace, self._phase(kind, obj), pods, progress, result)
 
     def _finished(self, name: str) -> bool:
         return self._phase(*self._workload(name)) in ("Succeeded", "Failed")
@@ -273,6 +294,91 @@ class KubernetesBackend(Backend):
                 running -= 1
             else:
                 yield item
+
+    # ---- suspend, resume ------------------------------------------------------------------------------------
+    def _suspendable(self, name: str, action: str) -> tuple[str, dict[str, Any], str]:
+        kind, obj = self._workload(name)
+        if kind == "ascendjob":
+            raise LauncherError(
+                f"job {self.namespace}/{name} is an AscendJob, which has no suspend: the ascend-operator cannot stop "
+                f"its pods and keep the job. Delete it (its pods save a checkpoint on SIGTERM) and submit it again "
+                f"later: it resumes from that checkpoint"
+            )
+        phase = self._phase(kind, obj)
+        if phase in ("Succeeded", "Failed"):
+            raise LauncherError(f"job {self.namespace}/{name} has {phase.lower()}: nothing to {action}")
+        return kind, obj, phase
+
+    def _set_suspend(self, name: str, suspend: bool) -> None:
+        body = {"spec": {"suspend": suspend}}
+        self._call(
+            "patch",
+            f"Job {name!r}",
+            lambda: self.batch.patch_namespaced_job(
+                name, self.namespace, body, _content_type=MERGE_PATCH, _request_timeout=self.timeout
+            ),
+        )
+
+    def _volcano_command(self, obj: dict[str, Any], action: str) -> None:
+        """A bus.volcano.sh Command for the job, exactly as vcctl's CreateJobCommand makes it (util.go): the job
+        as controller owner and target, generateName `<job>-<action lower-cased>-`."""
+        meta = obj["metadata"]
+        ref = {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        body = {
+            "apiVersion": f"{VOLCANO_COMMANDS[0]}/{VOLCANO_COMMANDS[1]}",
+            "kind": "Command",
+            "metadata": {
+                "generateName": f"{meta['name']}-{action.lower()}-",
+                "namespace": self.namespace,
+                "ownerReferences": [ref],
+            },
+            "target": ref,
+            "action": action,
+        }
+        group, version, plural = VOLCANO_COMMANDS
+        self._call(
+            "create",
+            f"Volcano Command {action} for job {meta['name']!r}",
+            lambda: self.custom.create_namespaced_custom_object(
+                group, version, self.namespace, plural, body, _request_timeout=self.timeout
+            ),
+        )
+
+    def suspend(self, name: str) -> str:
+        """Indexed Job: spec.suspend=true, and the Job controller deletes the active pods (SIGTERM, then the grace
+        period for rank 0's checkpoint). Volcano: an AbortJob Command (the controller kills the pods the same way;
+        the job turns Aborted)."""
+        kind, obj, phase = self._suspendable(name, "suspend")
+        if phase in ("Suspending", "Suspended"):
+            return f"job {self.namespace}/{name} is already {phase.lower()}"
+        if kind == "job":
+            self._set_suspend(name, True)
+        else:
+            self._volcano_command(obj, "AbortJob")
+        return (
+            f"suspending job {self.namespace}/{name}: its pods get SIGTERM and rank 0 saves a checkpoint; "
+            f"resume with: python -m launcher resume {name} -n {self.namespace}"
+        )
+
+    def resume(self, name: str) -> str:
+        """Indexed Job: spec.suspend=false (new pods, which resume from the newest checkpoint). Volcano: a ResumeJob
+        Command; Volcano counts each resume as a retry of the job (state/aborted.go: RetryCount++), against
+        maxRetry."""
+        kind, obj, phase = self._suspendable(name, "resume")
+        if phase not in ("Suspending", "Suspended"):
+            raise LauncherError(f"job {self.namespace}/{name} is {phase.lower()}, not suspended")
+        if kind == "job":
+            self._set_suspend(name, False)
+        else:
+            self._volcano_command(obj, "ResumeJob")
+        return f"resuming job {self.namespace}/{name}: its pods start again from the newest checkpoint"
 
     # ---- list, delete ---------------------------------------------------------------------------------------
     def list(self) -> builtins.list[JobSummary]:
@@ -388,7 +494,7 @@ def _pod_index(pod: dict[str, Any]) -> int:
         if key in annotations:
             return int(annotations[key])
     labels = pod["metadata"].get("labels") or {}
-    for key in INDEX_ANNOTATIONS:
+    for key in INDEX_LABELS:
         if key in labels:
             return int(labels[key])
     return -1

@@ -5,8 +5,10 @@ Kubernetes would provide filled in locally: the pod index, 127.0.0.1 and a free 
 address, the job file, CPU as device, and S3 keys from this environment (never written anywhere).
 A detached supervisor (`python -m launcher.backends.local <state dir>`) starts the pods, restarts them all
 from their checkpoint when one fails (up to cluster.backoff_limit times, as the Job's restart policy does),
-forwards SIGTERM on delete, and records the job's state in `state.json`, so `status`, `logs -f`, `list`
-and `delete` work from any later launcher invocation.
+forwards SIGTERM on delete, and records the job's state in `state.json`, so `status`, `logs -f`, `list`,
+`wait`, `suspend`, `resume` and `delete` work from any later launcher invocation. `suspend` sends the
+supervisor SIGUSR1: it stops the pods with SIGTERM (rank 0 saves a checkpoint), records the job as Suspended
+and exits; `resume` starts a new supervisor on the same state directory, whose pods resume from that checkpoint.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
 from launcher.errors import LauncherError
-from launcher.progress import latest_progress
+from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
 from launcher.render.objects import COMPLETION_INDEX
 
 STATE = "state.json"
+OBJECTS = "objects.json"  # the rendered objects, as submitted: what the supervisor runs
+SUSPEND_SIGNAL = signal.SIGUSR1  # launcher -> local supervisor: stop the pods gracefully and keep the job
 
 
 def local_home() -> Path:
@@ -110,8 +114,13 @@ class LocalBackend(Backend):
         except ValueError:
             return {"phase": "Pending", "pods": []}
 
-    def submit(self, spec: JobSpec, *, dry_run: bool = False) -> str:
-        for what, uri in (("data.uri", spec.data.uri), ("checkpoint.uri", spec.checkpoint.uri)):
+    def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
+        # What the pods read and write: an evaluation reads its weights and writes no checkpoint.
+        uris = (
+            ("data.uri", spec.data.uri),
+            ("--weights", evaluate) if evaluate else ("checkpoint.uri", spec.checkpoint.uri),
+        )
+        for what, uri in uris:
             endpoint = (
                 spec.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             )
@@ -120,28 +129,22 @@ class LocalBackend(Backend):
                     f"local job {spec.name}: {what} is {uri} but no S3 endpoint is set; pass --data/--output "
                     "file:///... or set AWS_ENDPOINT_URL_S3 (and the AWS keys) in the environment"
                 )
-        objects = render_objects(spec)
+        objects = render_objects(spec, evaluate=evaluate)
         if dry_run:
             return spec.name
         state_dir = self._dir(spec.name)
-        if (state_dir / STATE).exists() and not self.status(spec.name).finished:
+        if (state_dir / STATE).exists() and not (current := self.status(spec.name)).finished:
             raise LauncherError(
-                f"local job {spec.name} is still running; delete it first: "
+                f"local job {spec.name} is {current.phase.lower()}, not finished; delete it first: "
                 f"python -m launcher delete {spec.name} --local"
             )
         shutil.rmtree(state_dir, ignore_errors=True)
         (state_dir / "home").mkdir(parents=True)
         (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
         (state_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+        (state_dir / OBJECTS).write_text(json.dumps(objects))
         (state_dir / STATE).write_text(json.dumps({"phase": "Pending", "pods": [], "model": spec.model.name}))
-        log = open(state_dir / "supervisor.log", "wb")
-        subprocess.Popen(
-            [sys.executable, "-m", "launcher.backends.local", str(state_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        _start_supervisor(state_dir)
         return spec.name
 
     def status(self, name: str) -> JobStatus:
@@ -151,8 +154,10 @@ class LocalBackend(Backend):
             for p in state.get("pods", [])
         ]
         log = self._dir(name) / "pod-0.log"
-        progress = latest_progress(_tail(log)) if log.exists() else None
-        return JobStatus(name, self.namespace, state.get("phase", "Pending"), pods, progress)
+        lines = _tail(log) if log.exists() else []
+        return JobStatus(
+            name, self.namespace, state.get("phase", "Pending"), pods, latest_progress(lines), latest_result(lines)
+        )
 
     def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
         self._state(name)
@@ -194,10 +199,40 @@ class LocalBackend(Backend):
                     )
         return out
 
+    def suspend(self, name: str, timeout: float = 300) -> str:
+        state = self._state(name)
+        phase, pid = state.get("phase", "Pending"), state.get("supervisor")
+        if phase == "Suspended":
+            return f"local job {name} is already suspended"
+        if phase != "Running" or not pid or not _alive(int(pid)):
+            raise LauncherError(f"local job {name} is {phase.lower()}: only a running job can be suspended")
+        os.kill(int(pid), SUSPEND_SIGNAL)  # the supervisor stops the pods with SIGTERM; rank 0 checkpoints first
+        deadline = time.monotonic() + timeout
+        while (phase := self._state(name).get("phase", "?")) != "Suspended" and time.monotonic() < deadline:
+            if not _alive(int(pid)):
+                break
+            time.sleep(0.5)
+        phase = self._state(name).get("phase", "?")
+        if phase != "Suspended":
+            raise LauncherError(f"local job {name} did not suspend within {timeout:.0f}s (it is {phase.lower()})")
+        return (
+            f"suspended local job {name}: its pods saved a checkpoint and stopped; "
+            f"resume with: python -m launcher resume {name} --local"
+        )
+
+    def resume(self, name: str) -> str:
+        state = self._state(name)
+        if state.get("phase") != "Suspended":
+            raise LauncherError(f"local job {name} is {state.get('phase', '?').lower()}, not suspended")
+        state["phase"] = "Pending"
+        _write_state(self._dir(name), state)
+        _start_supervisor(self._dir(name), resume=True)
+        return f"resumed local job {name}: its pods restart from the newest checkpoint"
+
     def delete(self, name: str) -> builtins.list[str]:
         state = self._state(name)
         pid = state.get("supervisor")
-        if pid and not self.status(name).finished:
+        if pid and not self.status(name).finished and _alive(int(pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
             deadline = time.monotonic() + 120
@@ -207,6 +242,23 @@ class LocalBackend(Backend):
                 _kill_group(pod.get("pid"), signal.SIGKILL)
         shutil.rmtree(self._dir(name), ignore_errors=True)
         return [f"local job {name} (processes, logs and state in {self._dir(name)})"]
+
+
+def _start_supervisor(state_dir: Path, resume: bool = False) -> None:
+    log = open(state_dir / "supervisor.log", "ab")
+    subprocess.Popen(
+        [sys.executable, "-m", "launcher.backends.local", str(state_dir), *(["--resume"] if resume else [])],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    tmp = state_dir / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, state_dir / STATE)
 
 
 def _tail(path: Path, limit: int = 64 * 1024) -> list[str]:
@@ -222,7 +274,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a supervisor started by this very process (submit, resume) lingers as a zombie once it exits
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _kill_group(pid: Any, sig: int) -> None:
@@ -232,24 +287,32 @@ def _kill_group(pid: Any, sig: int) -> None:
 
 
 # ---- the detached supervisor ----------------------------------------------------------------------------------
-def supervise(state_dir: Path) -> int:
+def supervise(state_dir: Path, resume: bool = False) -> int:
     spec = JobSpec.model_validate(json.loads((state_dir / "spec.json").read_text()))
-    objects = render_objects(spec)
+    saved = state_dir / OBJECTS
+    objects = json.loads(saved.read_text()) if saved.exists() else render_objects(spec)
+    previous = json.loads((state_dir / STATE).read_text()) if resume else {}
     state: dict[str, Any] = {"phase": "Running", "pods": [], "supervisor": os.getpid(), "model": spec.model.name}
-    stop = {"signal": 0}
+    stop = {"signal": 0, "suspend": False}
 
     def on_term(signum: int, _frame: Any) -> None:
         stop["signal"] = signum
 
+    def on_suspend(_signum: int, _frame: Any) -> None:
+        stop["signal"], stop["suspend"] = signal.SIGTERM, True
+
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    signal.signal(SUSPEND_SIGNAL, on_suspend)
 
     def save() -> None:
-        tmp = state_dir / (STATE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, state_dir / STATE)
+        _write_state(state_dir, state)
 
-    restarts = 0
+    restarts = max((int(p.get("restarts", 0)) for p in previous.get("pods", [])), default=0)
+    if resume:
+        for index in range(spec.cluster.pods):
+            with open(state_dir / f"pod-{index}.log", "a") as log:
+                log.write(f"--- pod {index} resumed ---\n")
     while True:
         port = _free_port()
         procs = []
@@ -290,6 +353,13 @@ def supervise(state_dir: Path) -> int:
         for pod, code in zip(state["pods"], codes, strict=True):
             pod["phase"] = "Succeeded" if code == 0 else "Failed"
             pod["exit_code"] = code
+        if stop["suspend"]:  # resumable whatever the exit codes: the pods restart from the newest checkpoint
+            state["phase"], state["supervisor"] = "Suspended", None
+            for index in range(spec.cluster.pods):
+                with open(state_dir / f"pod-{index}.log", "a") as log:
+                    log.write(f"--- pod {index} suspended (exit code {codes[index]}) ---\n")
+            save()
+            return 0
         if stop["signal"]:
             state["phase"] = "Failed" if any(codes) else "Stopped"
             save()
@@ -311,4 +381,4 @@ def supervise(state_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(supervise(Path(sys.argv[1])))
+    sys.exit(supervise(Path(sys.argv[1]), resume="--resume" in sys.argv[2:]))

@@ -63,7 +63,8 @@ def storage_env(spec: JobSpec) -> list[Obj]:
 
 
 def cluster_env(spec: JobSpec, sched_host: str) -> list[Obj]:
-    """The MindSpore cluster variables of contract.py (the AscendJob operator injects its own)."""
+    """The MindSpore cluster variables of contract.py for the Indexed and Volcano Jobs (the ascend-operator appends
+    its own to AscendJob pods, so those are rendered without them)."""
     c = spec.cluster
     return [
         env_value(contract.ENV_WORLD, c.world_size),
@@ -73,13 +74,21 @@ def cluster_env(spec: JobSpec, sched_host: str) -> list[Obj]:
     ]
 
 
-def container(spec: JobSpec, env: list[Obj], npus: bool = True) -> Obj:
+def container(spec: JobSpec, env: list[Obj], npus: bool = True, ports: list[Obj] | None = None) -> Obj:
+    """The training container. Without NPUs (the AscendJob's Scheduler pod) it asks for the small scheduler
+    resources instead of a whole server."""
     c = spec.cluster
     resources: dict[str, str | int] = {"cpu": c.cpu, "memory": c.memory}
     if npus:
         resources[c.npu_resource] = str(c.npus_per_pod)  # a Quantity: the API client wants a string
+    else:
+        resources = {"cpu": c.scheduler_cpu, "memory": c.scheduler_memory}
     base_env = [
-        env_value(contract.ENV_DEVICE, "Ascend"),
+        # A pod without NPUs is the AscendJob's Scheduler: MindSpore's init() runs the scheduler role over its own
+        # TCP backend (mccl) whatever the device (mindspore/communication/management.py), so it needs no NPU, no
+        # driver mount and no Ascend device context.
+        env_value(contract.ENV_DEVICE, "Ascend" if npus else "CPU"),
+        env_value(contract.ENV_OVERFLOW_MODE, contract.OVERFLOW_MODE),  # see contract.py: fixed-loss-scale O2 on A2
         env_value(contract.ENV_TOPO_TIMEOUT, c.cluster_timeout),
         env_value(contract.ENV_CACHE_DIR, contract.CACHE_DIR),
         env_value("HOME", "/tmp"),
@@ -93,11 +102,11 @@ def container(spec: JobSpec, env: list[Obj], npus: bool = True) -> Obj:
     ]
     if npus:
         mounts.append({"name": "ascend-driver", "mountPath": DRIVER_PATH, "readOnly": True})
-    return {
+    out: Obj = {
         "name": contract.CONTAINER_NAME,
         "image": c.image,
         "imagePullPolicy": c.image_pull_policy,
-        "command": list(contract.TRAIN_COMMAND),
+        "command": list(contract.POD_COMMAND),
         "args": ["--job", contract.JOB_FILE],
         "env": [*env, *base_env, *storage_env(spec)],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
@@ -110,6 +119,9 @@ def container(spec: JobSpec, env: list[Obj], npus: bool = True) -> Obj:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if ports:
+        out["ports"] = ports
+    return out
 
 
 def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
@@ -124,10 +136,20 @@ def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
     return vols
 
 
-def pod_spec(spec: JobSpec, env: list[Obj], *, npus: bool = True, subdomain: str | None = None) -> Obj:
+def pod_spec(
+    spec: JobSpec,
+    env: list[Obj],
+    *,
+    npus: bool = True,
+    subdomain: str | None = None,
+    restart_policy: str | None = "Never",
+    ports: list[Obj] | None = None,
+) -> Obj:
     c = spec.cluster
-    pod: Obj = {
-        "restartPolicy": "Never",
+    pod: Obj = {}
+    if restart_policy:  # the ascend-operator overwrites a template's with the replica's (and warns): None there
+        pod["restartPolicy"] = restart_policy
+    pod |= {
         "terminationGracePeriodSeconds": c.termination_grace_seconds,
         "automountServiceAccountToken": False,
         "securityContext": {
@@ -138,12 +160,12 @@ def pod_spec(spec: JobSpec, env: list[Obj], *, npus: bool = True, subdomain: str
             "supplementalGroups": [DRIVER_GID],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container(spec, env, npus)],
+        "containers": [container(spec, env, npus, ports)],
         "volumes": volumes(spec, npus),
     }
     if subdomain:
         pod["subdomain"] = subdomain
-    if c.node_selector:
+    if c.node_selector and npus:  # the node selector picks NPU servers: a pod without NPUs runs anywhere
         pod["nodeSelector"] = dict(c.node_selector)
     if c.tolerations:
         pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v != ""} for t in c.tolerations]
@@ -158,8 +180,10 @@ def pod_template(
     npus: bool = True,
     subdomain: str | None = None,
     extra_labels: dict[str, str] | None = None,
+    restart_policy: str | None = "Never",
+    ports: list[Obj] | None = None,
 ) -> Obj:
     return {
         "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
-        "spec": pod_spec(spec, env, npus=npus, subdomain=subdomain),
+        "spec": pod_spec(spec, env, npus=npus, subdomain=subdomain, restart_policy=restart_policy, ports=ports),
     }

@@ -40,6 +40,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,7 +93,13 @@ def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            request = Request(self.command, parts.path, parse_qs(parts.query), json.loads(raw) if raw else None)
+            request = Request(
+                self.command,
+                parts.path,
+                parse_qs(parts.query),
+                json.loads(raw) if raw else None,
+                {k.lower(): v for k, v in self.headers.items()},
+            )
             api.requests.append(request)
             # Unrouted: creates succeed and echo the object (as a real server does); anything else is 404.
             reply = Reply(201, None) if self.command == "POST" else Reply(404, fixture("status-404-resource.json"))

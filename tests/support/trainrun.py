@@ -51,13 +51,13 @@ def pod_env(pods: int, local: int, index: int, port: int, extra: dict[str, str] 
 
 
 class PodRun:
-    """One pod: `python -m convit.train` as the pod supervisor, output captured to a file."""
+    """One pod: the container's command (`python -m convit.cluster`, the pod entrypoint), output captured."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self.handle = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convit.train", *args],
+            [sys.executable, "-m", "convit.cluster", *args],
             env=env,
             cwd=REPO,
             stdout=self.handle,

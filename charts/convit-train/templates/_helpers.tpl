@@ -29,6 +29,7 @@ labels:
 {{- end }}
 
 {{/* The MindSpore cluster variables (convit/cluster/contract.py). */}}
+{{- /* Indexed and Volcano Jobs only: the ascend-operator appends its own to AscendJob pods. */}}
 {{- define "convit-train.clusterEnv" -}}
 - name: MS_WORKER_NUM
   value: {{ mul .Values.cluster.pods .Values.cluster.npus_per_pod | toString | quote }}
@@ -50,7 +51,10 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
 spec:
-  restartPolicy: Never
+  {{- /* AscendJob templates leave it out: the ascend-operator overwrites it with the replica's (and warns). */}}
+  {{- with .restartPolicy }}
+  restartPolicy: {{ . | quote }}
+  {{- end }}
   terminationGracePeriodSeconds: {{ $c.termination_grace_seconds | int }}
   automountServiceAccountToken: false
   securityContext:
@@ -65,14 +69,18 @@ spec:
     - name: ascend
       image: {{ $c.image | quote }}
       imagePullPolicy: {{ $c.image_pull_policy | quote }}
-      command: ["python", "-m", "convit.train"]
+      command: ["python", "-m", "convit.cluster"]
       args: ["--job", "/etc/convit/job.json"]
       env:
         {{- with .env }}
         {{- . | nindent 8 }}
         {{- end }}
+        {{- /* CPU for the AscendJob's Scheduler pod: MindSpore schedules over mccl on any device (see common.py). */}}
         - name: CONVIT_DEVICE
-          value: "Ascend"
+          value: {{ if .npus }}"Ascend"{{ else }}"CPU"{{ end }}
+        {{- /* Overflow detection of fixed-loss-scale O2 on Atlas A2: see convit/cluster/contract.py. */}}
+        - name: MS_ASCEND_CHECK_OVERFLOW_MODE
+          value: "INFNAN_MODE"
         - name: MS_TOPO_TIMEOUT
           value: {{ $c.cluster_timeout | toString | quote }}
         - name: CONVIT_CACHE_DIR
@@ -101,12 +109,19 @@ spec:
       resources:
         {{- range list "requests" "limits" }}
         {{ . }}:
+          {{- if $.npus }}
           cpu: {{ $c.cpu | quote }}
           memory: {{ $c.memory | quote }}
-          {{- if $.npus }}
           {{ $c.npu_resource | quote }}: {{ $c.npus_per_pod | toString | quote }}
+          {{- else }}
+          cpu: {{ $c.scheduler_cpu | quote }}
+          memory: {{ $c.scheduler_memory | quote }}
           {{- end }}
         {{- end }}
+      {{- with .ports }}
+      ports:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       volumeMounts:
         - name: job
           mountPath: /etc/convit
@@ -150,11 +165,13 @@ spec:
   {{- with .subdomain }}
   subdomain: {{ . | quote }}
   {{- end }}
+  {{- if .npus }}
   {{- with $c.node_selector }}
   nodeSelector:
     {{- range $key, $value := . }}
     {{ $key | quote }}: {{ $value | quote }}
     {{- end }}
+  {{- end }}
   {{- end }}
   {{- with $c.tolerations }}
   tolerations:

@@ -1,0 +1,208 @@
+"""The rendered workloads as their controllers run them: the pods each controller creates from our manifests, what
+it does when a pod ends, and those very pods trained as local processes (tests/support/controllers.py has the
+emulators, each naming the upstream files it follows).
+
+What this proves: our pods get the names, addresses and variables the controllers give them, the pod entrypoint
+turns exactly those into one MindSpore cluster (AscendJob: a scheduler pod plus workers; Indexed and Volcano Jobs:
+the scheduler in pod 0), and each exit code is handled as intended. What only a real cluster proves: scheduling,
+DNS, the image, HCCL on NPUs, and the controllers' versions in the field matching the source read here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from convit.cluster import contract
+from convit.cluster.supervisor import pod_plan
+from convit.jobspec import load_job
+from launcher.render import render_objects
+from tests.support.controllers import (
+    DISRUPTION,
+    FAIL_JOB,
+    NOTHING,
+    RECREATE_POD,
+    RESTART_JOB,
+    SUCCEEDED,
+    AscendJobOperator,
+    IndexedJob,
+    VolcanoJob,
+    emulator,
+    run_pods,
+    wait_all,
+)
+from tests.support.s3server import free_port
+from tests.support.trainrun import SMALL_RUN, make_sample
+
+
+def _render(backend: str, *sets: str) -> list[dict]:  # type: ignore[type-arg]
+    return render_objects(load_job("convit_tiny", [f"cluster.backend={backend}", "name=tiny", *sets]))
+
+
+# ---- the pods each controller creates ---------------------------------------------------------------------------
+def test_indexed_job_pods() -> None:
+    objects = _render("job", "cluster.pods=2", "cluster.npus_per_pod=8")
+    job = IndexedJob(objects[-1])
+    pods = job.pods()
+    assert [p.hostname for p in pods] == ["tiny-0", "tiny-1"] and {p.subdomain for p in pods} == {"tiny"}
+    assert job.services(objects) == ["tiny-0.tiny", "tiny-1.tiny"]
+    env = pods[1].env()
+    assert env[contract.INDEXED_INDEX_ENV] == env[contract.ENV_NODE_RANK] == "1"
+    assert env[contract.ENV_SCHED_HOST] == "tiny-0.tiny" and env[contract.ENV_SCHED_PORT] == "8118"
+    plans = [pod_plan(p.env()) for p in pods]
+    assert [(p.scheduler, p.workers) for p in plans if p] == [(True, tuple(range(8))), (False, tuple(range(8, 16)))]
+
+
+def test_volcano_pods() -> None:
+    objects = _render("volcano", "cluster.pods=2", "cluster.npus_per_pod=8")
+    job = VolcanoJob(objects[-1])
+    pods = job.pods()
+    assert [p.name for p in pods] == ["tiny-worker-0", "tiny-worker-1"]
+    assert [p.hostname for p in pods] == ["tiny-worker-0", "tiny-worker-1"] and {p.subdomain for p in pods} == {"tiny"}
+    assert job.svc_args() == ["--publish-not-ready-addresses"]  # DNS records before Ready: see volcano_job()
+    env = pods[1].env(job.config_maps())
+    assert env[contract.VOLCANO_INDEX_ENV] == "1" and env["VC_WORKER_HOSTS"] == "tiny-worker-0.tiny,tiny-worker-1.tiny"
+    assert env[contract.ENV_SCHED_HOST] in job.services()
+    plans = [pod_plan(p.env(job.config_maps())) for p in pods]
+    assert [(p.pod, p.scheduler, p.workers[0]) for p in plans if p] == [(0, True, 0), (1, False, 8)]
+
+
+def test_ascend_operator_pods() -> None:
+    objects = _render("ascendjob", "cluster.pods=2", "cluster.npus_per_pod=8", "cluster.master_port=9123")
+    op = AscendJobOperator(objects[-1])
+    pods = op.pods()
+    assert [p.name for p in pods] == ["tiny-scheduler-0", "tiny-worker-0", "tiny-worker-1"]
+    assert op.events == [], "the template's restartPolicy would be overwritten with a Warning event"
+    envs = [p.env() for p in pods]
+    sched, w0, w1 = envs
+    assert sched[contract.ENV_ROLE] == contract.ROLE_SCHED and w1[contract.ENV_ROLE] == contract.ROLE_WORKER
+    assert {e[contract.ENV_SCHED_PORT] for e in envs} == {"9123"}  # the port we render, not the default 2222
+    assert w1[contract.ENV_LOCAL] == "8" and w1[contract.ENV_WORLD] == "16" and w1[contract.ENV_NODE_RANK] == "1"
+    assert w0[contract.ENV_SCHED_HOST] == op.SERVICE_IP and sched[contract.ENV_SCHED_HOST] == pods[0].ip
+    for pod in pods:  # the operator's variables are the only ones: ours would be duplicates it overrides
+        names = [e["name"] for e in pod.container()["env"]]
+        assert names.count(contract.ENV_LOCAL) == 1 and names.count(contract.ENV_ROLE) == 1
+    assert pod_plan(sched) is None  # the Scheduler pod runs the scheduler itself, nothing else
+    plans = [pod_plan(e) for e in (w0, w1)]
+    assert [(p.scheduler, p.workers) for p in plans if p] == [(False, tuple(range(8))), (False, tuple(range(8, 16)))]
+    assert "huawei.com/Ascend910" not in pods[0].container()["resources"]["limits"]
+
+
+# ---- what each controller does when a pod ends ------------------------------------------------------------------
+def test_indexed_job_restart_decisions() -> None:
+    def job() -> IndexedJob:
+        return IndexedJob(_render("job", "cluster.pods=2", "cluster.backoff_limit=1")[-1])
+
+    j = job()
+    assert j.pod_finished(0, 0) == NOTHING and j.pod_finished(1, 0) == SUCCEEDED
+    assert job().pod_finished(0, 2) == FAIL_JOB  # podFailurePolicy FailJob: a bad job file is not retried
+    j = job()
+    assert j.pod_finished(0, DISRUPTION) == RECREATE_POD and j.failed == 0  # Ignore: not counted
+    for code in (1, 137):
+        j = job()  # backoffLimit = 1 restart x 2 pods: one whole-job restart is 2 failed pods
+        assert [j.pod_finished(0, code), j.pod_finished(1, code), j.pod_finished(0, code)] == [
+            RECREATE_POD,
+            RECREATE_POD,
+            FAIL_JOB,
+        ]
+
+
+def test_volcano_restart_decisions() -> None:
+    def job(limit: int = 1) -> VolcanoJob:
+        return VolcanoJob(_render("volcano", "cluster.pods=2", f"cluster.backoff_limit={limit}")[-1])
+
+    j = job()
+    assert j.pod_finished("tiny-worker-0", 0) == NOTHING and j.pod_finished("tiny-worker-1", 0) == SUCCEEDED
+    assert job().pod_finished("tiny-worker-0", 2) == FAIL_JOB  # exitCode 2 -> TerminateJob comes first
+    for code in (1, 137, DISRUPTION):
+        j = job()
+        assert [j.pod_finished("tiny-worker-1", code), j.pod_finished("tiny-worker-1", code)] == [RESTART_JOB, FAIL_JOB]
+    assert job(0).pod_finished("tiny-worker-0", 1) == FAIL_JOB  # backoff_limit 0 means no restart, here too
+    webhook = _render("volcano")[-1]
+    webhook["spec"]["maxRetry"] = 0
+    j = VolcanoJob(webhook)  # what rendering maxRetry 0 would have meant: 3 attempts
+    assert [j.pod_finished("tiny-worker-0", 1) for _ in range(3)] == [RESTART_JOB, RESTART_JOB, FAIL_JOB]
+
+
+def test_ascend_operator_restart_decisions() -> None:
+    def op() -> AscendJobOperator:
+        return AscendJobOperator(_render("ascendjob", "cluster.pods=2", "cluster.backoff_limit=1")[-1])
+
+    o = op()
+    outcomes = [o.pod_finished(name, 0) for name in ("tiny-worker-0", "tiny-worker-1", "tiny-scheduler-0")]
+    assert outcomes == [NOTHING, NOTHING, SUCCEEDED]
+    for code in (1, 2, 137):  # replica restartPolicy Never: a failed pod fails the job
+        assert op().pod_finished("tiny-worker-1", code) == FAIL_JOB
+    o = op()  # an evicted pod is re-created, within runPolicy.backoffLimit
+    assert [o.pod_finished("tiny-worker-0", DISRUPTION), o.pod_finished("tiny-worker-0", DISRUPTION)] == [
+        RECREATE_POD,
+        FAIL_JOB,
+    ]
+
+
+# ---- the pods, trained ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """MindSpore's graph compile cache, shared by the runs below: every case compiles the same two-rank graphs."""
+    path = tmp_path_factory.mktemp("ms-cache")
+    return {"MS_COMPILER_CACHE_ENABLE": "1", "MS_COMPILER_CACHE_PATH": str(path)}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("sample")
+    make_sample(f"file://{root}", 4, 6, 1)
+    return f"file://{root}"
+
+
+CASES = [
+    pytest.param("ascendjob", 1, 2, id="ascendjob-scheduler+1x2"),
+    pytest.param("ascendjob", 2, 1, id="ascendjob-scheduler+2x1"),
+    pytest.param("volcano", 2, 1, id="volcano-2x1"),
+    pytest.param("job", 2, 1, id="indexed-2x1"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "pods", "npus"), CASES)
+def test_controller_pods_train_to_the_end(
+    backend: str, pods: int, npus: int, sample: str, compile_cache: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "ckpt"
+    objects = _render(
+        backend,
+        f"cluster.pods={pods}",
+        f"cluster.npus_per_pod={npus}",
+        f"cluster.master_port={free_port()}",
+        "cluster.cluster_timeout=120",
+        f"data.uri={sample}",
+        "data.layout=imagefolder",
+        f"checkpoint.uri=file://{out}",
+        "train.max_steps=2",
+        "train.amp_level=O0",
+        "model.drop_path_rate=0.0",
+        *SMALL_RUN,
+    )
+    ctl = emulator(objects[-1])
+    created = ctl.pods()
+    if isinstance(ctl, IndexedJob):
+        addresses, maps = ctl.services(objects), None
+    elif isinstance(ctl, VolcanoJob):
+        addresses, maps = ctl.services(), ctl.config_maps()
+    else:
+        addresses, maps = ctl.services(), None
+    running = run_pods(created, objects, addresses, tmp_path, maps, compile_cache)
+    codes = wait_all(running, timeout=420)
+    logs = {r.pod.name: r.text() for r in running}
+    assert codes == [0] * len(running), "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
+    outcomes = [
+        ctl.pod_finished(r.pod.name if not isinstance(ctl, IndexedJob) else i, 0) for i, r in enumerate(running)
+    ]
+    assert outcomes[-1] == SUCCEEDED
+    rank0 = logs[created[1 if backend == "ascendjob" else 0].name]
+    assert "world_size=2" in rank0 and "step 2/2" in rank0, rank0[-3000:]
+    assert json.loads((out / "latest.json").read_text())["step"] == 2
+    if backend == "ascendjob":  # the Scheduler pod trained nothing; the Worker pods started no scheduler
+        assert "step 1/" not in logs[created[0].name]
