@@ -65,13 +65,17 @@ def test_local_job_trains_checkpoints_and_resumes(
 ) -> None:
     out = f"file://{tmp_path}/ckpt"
     args = ["submit", *JOB, "--name", "demo", "--data", sample, "--output", out, "--follow"]
-    assert main([*args, "--set", "train.max_steps=4"]) == 0
+    # The recipes' AMP O2 graph (the Ascend path) trains on the CPU and says so in the start line.
+    assert main([*args, "--set", "train.max_steps=4", "--set", "train.amp_level=O2"]) == 0
     text = capsys.readouterr().out
     assert "world_size=2" in text and "step 4/4" in text and "checkpoint step 4 saved" in text
+    assert "amp=O2" in text and "overflows 0" in text
+    # MindSpore's C++ start-up/shutdown lines go to files, not to the logs people read.
+    assert "Event base dispatch" not in text and "[WARNING]" not in text and "[INFO]" not in text
     assert text.rstrip().endswith("job demo succeeded")
     assert main([*args, "--set", "train.max_steps=8"]) == 0
     text = capsys.readouterr().out
-    assert "resume=step 4 (epoch 1, step 4 of it)" in text and "step 8/8" in text
+    assert "resume=step 4 (epoch 1, 32 of 48 samples)" in text and "step 8/8" in text
     assert main(["status", "demo", "--local"]) == 0
     status = capsys.readouterr().out
     assert "Succeeded" in status and "progress: epoch 2/2 step 8/8" in status
@@ -205,3 +209,68 @@ def test_s3_uris_without_an_endpoint_are_a_clear_error(
     assert main(["submit", "convit_tiny", "--local"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ERROR: local job convit-tiny: data.uri is s3://imagenet/shards but no S3 endpoint")
+
+
+def test_evaluation_job_of_a_trained_checkpoint_and_wait(
+    local_home: Path, sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Train 2 steps (submit --wait), then evaluate that checkpoint as a job of the same backend: 2 ranks,
+    rank 0 prints the result line, which status and wait show."""
+    out = f"file://{tmp_path}/ckpt"
+    common = [*JOB, "--name", "demo", "--data", sample]
+    assert main(["submit", *common, "--output", out, "--set", "train.max_steps=2", "--wait"]) == 0
+    text = capsys.readouterr().out
+    assert text.rstrip().endswith("job demo succeeded")
+    assert main(["submit", *common, "--evaluate", "--weights", out]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"submitted evaluation job demo-eval: convit_tiny, 1 pod(s) x 2 CPU workers, weights {out}"
+    )
+    assert main(["wait", "demo-eval", "--local"]) == 0
+    final = capsys.readouterr().out.strip()
+    assert final.startswith("job demo-eval succeeded: evaluated 8 samples: top1 "), final
+    assert main(["status", "demo-eval", "--local"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[0] == "job local/demo-eval: Succeeded"
+    assert status[-1].startswith("  result: evaluated 8 samples: top1 ") and " loss " in status[-1]
+    log = (local_home / "demo-eval" / "pod-0.log").read_text()
+    assert log.count("evaluated 8 samples") == 1  # rank 0 only, every sample once over the 2 ranks
+    assert main(["list", "--local"]) == 0
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [
+        ["demo", "Succeeded"],
+        ["demo-eval", "Succeeded"],
+    ]
+
+
+def test_suspend_checkpoints_and_resume_continues_and_wait_times_out(
+    local_home: Path, sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ckpt"
+    args = [*JOB, "--name", "pausable", "--data", sample, "--output", f"file://{out}", "--set", "train.max_steps=100"]
+    assert main(["submit", *args]) == 0
+    log = local_home / "pausable" / "pod-0.log"
+    deadline = time.monotonic() + 400
+    while "step 2/" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text()[-2000:] if log.exists() else "no log"
+        time.sleep(0.3)
+    capsys.readouterr()
+    assert main(["suspend", "pausable", "--local"]) == 0
+    assert capsys.readouterr().out.startswith("suspended local job pausable: its pods saved a checkpoint")
+    saved = json.loads((out / "latest.json").read_text())["step"]
+    assert 2 <= saved < 100
+    assert _worker_pids(local_home / "pausable") == []
+    assert main(["status", "pausable", "--local"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "job local/pausable: Suspended"
+    assert main(["wait", "pausable", "--local", "--timeout", "1"]) == 124  # suspended is not ended
+    assert capsys.readouterr().out == "job pausable still suspended after 1s: timed out waiting\n"
+    assert main(["resume", "pausable", "--local"]) == 0
+    assert capsys.readouterr().out.startswith("resumed local job pausable")
+    deadline = time.monotonic() + 400
+    while f"resume=step {saved} " not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline and not LocalBackend().status("pausable").finished, log.read_text()[-3000:]
+        time.sleep(0.3)
+    assert main(["status", "pausable", "--local"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "job local/pausable: Running"
+    assert main(["resume", "pausable", "--local"]) == 1
+    assert capsys.readouterr().err == "ERROR: local job pausable is running, not suspended\n"
+    assert main(["delete", "pausable", "--local"]) == 0
+    assert _worker_pids(local_home / "pausable") == []
