@@ -6,10 +6,12 @@ blocks use plain multi-head self-attention. Variants differ only in width and he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
 from numpy.typing import NDArray
 
 from convit.errors import ConvitError
@@ -29,9 +31,40 @@ def relative_indices(grid: int) -> NDArray[Any]:
     return table
 
 
+_matmul_transpose_b = ops.BatchMatMul(transpose_b=True)  # q k^T without materialising k^T
+
+
 def content_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
     """softmax(q k^T * scale) over the keys, per head."""
-    return ops.softmax(ops.matmul(q, k.swapaxes(-1, -2)) * scale, axis=-1)
+    return ops.softmax(_matmul_transpose_b(q, k) * scale, axis=-1)
+
+
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float) -> Tensor:
+    """softmax(q k^T * scale) v per head, on (B, N, C) tensors with the heads side by side in C (the "BSH"
+    layout): what Ascend's fused kernel computes, written out with the scores materialised."""
+    b, n, c = q.shape
+    d = c // heads
+    qh = q.reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+    kh = k.reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+    vh = v.reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+    out = ops.matmul(content_attention(qh, kh, scale), vh)
+    return out.transpose(0, 2, 1, 3).reshape(b, n, c)
+
+
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float) -> Tensor:
+    """softmax(q k^T * scale) v by Ascend's fused kernel (Atlas A2), which never materialises the N x N scores.
+
+    The kernel takes float16 and bfloat16 only (AMP O2, the recipes' level): a float32 graph (O0) falls back
+    to `plain_attention`. Head size must be a multiple of 16: 48 or 64 in every variant."""
+    if q.dtype == mstype.float32:
+        return plain_attention(q, k, v, heads, scale)
+    return ops.flash_attention_score(q, k, v, heads, keep_prob=1.0, scalar_value=scale, input_layout="BSH")
+
+
+def on_ascend() -> bool:
+    import mindspore as ms
+
+    return bool(ms.get_context("device_target") == "Ascend")
 
 
 class MHSA(nn.Cell):  # type: ignore[misc]
@@ -63,13 +96,35 @@ class MHSA(nn.Cell):  # type: ignore[misc]
 
 
 class GPSA(MHSA):
-    """Gated positional self-attention: a learned per-head mix of content and position attention."""
+    """Gated positional self-attention: a learned per-head mix of content and position attention.
 
-    def __init__(self, dim: int, heads: int, grid: int, locality_strength: float = 1.0) -> None:
+    out = ((1 - g) softmax(q k^T * scale) + g softmax(pos)) v, g = sigmoid(gating_param) per head. Two ways:
+
+    - mixed (`content_kernel=None`): the two N x N attention maps are mixed, then multiplied by v, as MindCV
+      and timm compute it;
+    - decomposed (`content_kernel` given): (1 - g) content_kernel(q, k, v) + g softmax(pos) v. The content
+      term is then plain attention: Ascend's fused kernel there (`flash_attention`), which never materialises
+      the scores; `plain_attention` on the CPU, where it trains faster than the mixed form (fewer passes over
+      the (B, heads, N, N) maps: docs/benchmarks.md; in eval mode the CPU uses the mixed form). Equal to the
+      mixed form up to float rounding (tests/test_attention.py).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        grid: int,
+        locality_strength: float = 1.0,
+        content_kernel: Callable[..., Tensor] | None = None,
+    ) -> None:
         super().__init__(dim, heads)
         self.pos_proj = dense(3, heads)
         self.gating_param = Parameter(Tensor(np.ones(heads, np.float32)), name="gating_param")
         self.rel_indices = Tensor(relative_indices(grid))  # constant: the grid is fixed at 14x14
+        self.content_kernel: Any = content_kernel  # a function of (q, k, v, heads, scale), or None
+        # plain_attention's decomposed form pays off in the backward pass only; in eval mode the mixed form is
+        # as fast, and its reshapes keep the batch leading, as the ONNX dynamic-batch export needs.
+        self.mixed_in_eval = content_kernel is plain_attention
         self._local_init(locality_strength)
 
     def _local_init(self, strength: float) -> None:
@@ -85,12 +140,43 @@ class GPSA(MHSA):
         self.pos_proj.weight.set_data(Tensor(weight * strength))
         self.pos_proj.bias.set_data(Tensor(np.zeros(self.heads, np.float32)))
 
+    # Under AMP O2 q and k are float16 while the gate's parameter and the constant table stay float32:
+    # everything is computed in q's dtype, as MindCV's cell-level casts do.
+    def position_attention(self, dtype: Any) -> Tensor:
+        """softmax(pos_proj(relative indices)) (1, heads, N, N): the same for every image, computed once per call."""
+        return ops.softmax(self.pos_proj(self.rel_indices.astype(dtype)).transpose(0, 3, 1, 2), axis=-1).astype(dtype)
+
+    def gate(self, dtype: Any) -> Tensor:
+        return ops.sigmoid(self.gating_param.astype(dtype))
+
     def attention(self, q: Tensor, k: Tensor) -> Tensor:
-        # Under AMP O2 q and k are float16 while the gate's parameter and the constant table stay float32:
-        # everything is computed in q's dtype, as MindCV's cell-level casts do.
-        pos_score = ops.softmax(self.pos_proj(self.rel_indices.astype(q.dtype)).transpose(0, 3, 1, 2), axis=-1)
-        gate = ops.sigmoid(self.gating_param.astype(q.dtype)).reshape(1, -1, 1, 1)
-        return (1.0 - gate) * content_attention(q, k, self.scale) + gate * pos_score.astype(q.dtype)
+        gate = self.gate(q.dtype).reshape(1, -1, 1, 1)
+        return (1.0 - gate) * content_attention(q, k, self.scale) + gate * self.position_attention(q.dtype)
+
+    def decomposed(self, x: Tensor) -> Tensor:
+        """(1 - g) content_kernel(q, k, v) + g softmax(pos) v, (B, N, C) before the output projection."""
+        b, n, c = x.shape
+        h, d = self.heads, self.head_dim
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        content = self.content_kernel(q, k, v, h, self.scale).reshape(b, n, h, d)
+        # softmax(pos) v for every image at once: per head one (N, N) x (N, B * d) matmul.
+        vh = v.reshape(b, n, h, d).transpose(2, 1, 0, 3).reshape(h, n, b * d)
+        pos = self.position_attention(x.dtype).reshape(h, n, n)
+        positional = ops.matmul(pos, vh).reshape(h, n, b, d).transpose(2, 1, 0, 3)
+        gate = self.gate(x.dtype).reshape(1, 1, h, 1)
+        return ((1.0 - gate) * content + gate * positional).reshape(b, n, c)
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.content_kernel is None or (self.mixed_in_eval and not self.training):
+            return super().construct(x)
+        return self.proj(self.decomposed(x))
+
+
+_CONTENT_KERNELS: dict[str, Callable[..., Tensor] | None] = {
+    "mixed": None,
+    "decomposed": plain_attention,
+    "fused": flash_attention,
+}
 
 
 class Block(nn.Cell):  # type: ignore[misc]
@@ -105,10 +191,11 @@ class Block(nn.Cell):  # type: ignore[misc]
         eps: float,
         exact_gelu: bool,
         locality_strength: float,
+        content_kernel: Callable[..., Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm((dim,), epsilon=eps)
-        self.attn = GPSA(dim, heads, grid, locality_strength) if use_gpsa else MHSA(dim, heads)
+        self.attn = GPSA(dim, heads, grid, locality_strength, content_kernel) if use_gpsa else MHSA(dim, heads)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm((dim,), epsilon=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), exact_gelu)
@@ -130,6 +217,9 @@ class ConViT(nn.Cell):  # type: ignore[misc]
         depth: blocks; the last `depth - local_up_to_layer` use plain attention after the class token joins.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 over the blocks.
         layer_norm_eps, exact_gelu: 1e-7 and tanh-GELU match MindCV; 1e-6 and exact GELU match timm.
+        attention_form: GPSA's form (see GPSA): "mixed" (MindCV's), "decomposed" (content term by
+            `plain_attention`) or "fused" (by Ascend's fused kernel); "auto" (the default) is "fused" when the
+            device set at construction is Ascend, else "decomposed".
     """
 
     def __init__(
@@ -144,9 +234,15 @@ class ConViT(nn.Cell):  # type: ignore[misc]
         locality_strength: float = 1.0,
         layer_norm_eps: float = 1e-7,
         exact_gelu: bool = False,
+        attention_form: str = "auto",
     ) -> None:
         super().__init__()
         grid = IMAGE_SIZE // PATCH_SIZE
+        if attention_form == "auto":
+            attention_form = "fused" if on_ascend() else "decomposed"
+        if attention_form not in _CONTENT_KERNELS:
+            raise ConvitError(f"attention_form must be one of auto, {', '.join(_CONTENT_KERNELS)}: {attention_form!r}")
+        self.attention_form = attention_form
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.local_up_to_layer = local_up_to_layer
@@ -166,6 +262,7 @@ class ConViT(nn.Cell):  # type: ignore[misc]
                     layer_norm_eps,
                     exact_gelu,
                     locality_strength,
+                    _CONTENT_KERNELS[attention_form],
                 )
                 for i in range(depth)
             ]
