@@ -140,6 +140,7 @@ def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
         "train.epochs=6",
         "train.warmup_epochs=1",
         "train.lr=1e-3",
+        "train.reference_batch=0",  # the LR as given: the linear rule would scale it by 8 / 2048
         "train.label_smoothing=0.0",
         "augment.mixup=0.0",
         "augment.cutmix=0.0",
