@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     name_args(suspend)
     resume = sub.add_parser("resume", help="restart a suspended job's pods from the newest checkpoint")
     name_args(resume)
+    plot = sub.add_parser("plot", help="loss/LR and top-1/top-5 against steps from rank 0's log, as a PNG")
+    name_args(plot)
+    plot.add_argument("-o", "--output", metavar="PNG", help="where to write the PNG (default: NAME-curves.png)")
     delete = sub.add_parser("delete", help="delete a job and the objects it created")
     name_args(delete)
     return parser
@@ -158,6 +161,26 @@ def scaling_note(args: argparse.Namespace, spec: JobSpec) -> str | None:
         f"peak LR {spec.train.peak_lr(batch):.2e} (recipe {recipe.train.peak_lr(recipe_batch):.2e} at "
         f"{recipe_batch}; linear rule, train.reference_batch {spec.train.reference_batch})"
     )
+
+
+def plot_job(client: TrainingClient, args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    from pathlib import Path
+
+    from launcher.plot import draw, points, save_png
+    from launcher.progress import curves
+
+    found = curves(client.logs(args.name, follow=False, rank=0))
+    if not found.steps:
+        raise LauncherError(f"job {args.namespace}/{args.name}: no progress lines in rank 0's log yet")
+    path = Path(args.output or f"{args.name}-curves.png")
+    fig = draw(found, f"{args.name}: {len(found.steps)} logged steps")
+    save_png(fig, path)
+    drawn = points(fig)
+    say(
+        f"wrote {path}: loss and lr at {drawn['loss']} steps ({found.steps[0]}-{found.steps[-1]}), "
+        f"top-1/top-5 at {drawn['top-1']} validations"
+    )
+    return 0
 
 
 def backend_of(args: argparse.Namespace, namespace: str) -> Backend:
@@ -243,6 +266,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         for line in client.logs(args.name, follow=args.follow, rank=None if args.all else args.rank):
             say(line)
         return 0
+    if args.command == "plot":
+        return plot_job(client, args, say)
     if args.command == "list":
         jobs = client.list()
         if not jobs:

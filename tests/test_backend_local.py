@@ -16,6 +16,7 @@ import pytest
 from launcher.__main__ import main
 from launcher.backends.local import LocalBackend
 from tests.support.s3server import SECRET_KEY
+from tests.support.tensorboard import shown
 from tests.support.trainrun import make_sample
 
 pytestmark = pytest.mark.slow
@@ -79,6 +80,16 @@ def test_local_job_trains_checkpoints_and_resumes(
     assert main(["status", "demo", "--local"]) == 0
     status = capsys.readouterr().out
     assert "Succeeded" in status and "progress: epoch 2/2 step 8/8" in status
+    # Curves: a PNG of the steps in the job's log (the resubmitted job's: 5-8), and TensorBoard files next to
+    # the checkpoints with the whole run.
+    png = tmp_path / "curves.png"
+    assert main(["plot", "demo", "--local", "-o", str(png)]) == 0
+    said = capsys.readouterr().out
+    assert "loss and lr at 4 steps (5-8), top-1/top-5 at 2 validations" in said, said
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    board = shown(tmp_path / "ckpt" / "tensorboard")
+    assert [step for step, _ in board["train/loss"]] == list(range(1, 9))
+    assert [step for step, _ in board["val/top1"]] == [4, 6, 8]
     assert main(["list", "--local"]) == 0
     assert capsys.readouterr().out.split()[:2] == ["demo", "Succeeded"]
     assert sorted(p.name for p in (tmp_path / "ckpt" / "checkpoints").iterdir())[-1] == "step-000000008"

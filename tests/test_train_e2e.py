@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.support.s3server import SECRET_KEY
+from tests.support.tensorboard import shown, sync_copy
 from tests.support.trainrun import REPO, SMALL_RUN, PodRun, free_port, make_sample, pod_env, run_pod
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,13 @@ def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
     assert a.keys() == b.keys() and len(a) > 194
     different = [k for k in a if not np.array_equal(a[k], b[k])]
     assert not different, f"resumed run differs from the straight run in {different[:5]}"
+
+    # TensorBoard shows the killed-and-resumed run as the straight one: every step once, the same values.
+    curves = {uri: shown(sync_copy(uri, tmp_path / uri.rsplit("-", 1)[1])) for uri in (straight, resumed)}
+    assert [step for step, _ in curves[straight]["train/loss"]] == list(range(1, 10))
+    for tag in ("train/loss", "train/lr", "val/top1", "val/top5", "train/overflow_steps"):
+        assert curves[resumed][tag] == curves[straight][tag], tag
+    assert [step for step, _ in curves[straight]["val/top1"]] == [6, 9]
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(s3_sample: dict[str, str], tmp_path: Path) -> None:

@@ -195,6 +195,11 @@ class LoggingSpec(_Section):
 
     interval_steps: PositiveInt = Field(20, description="One progress line every N steps.")
     format: Literal["text", "json"] = Field("text", description="Human lines or JSON lines.")
+    tensorboard: bool = Field(
+        True,
+        description="Rank 0 writes TensorBoard event files (loss, LR, images/s, overflows, top-1/5) to "
+        "<checkpoint.uri>/tensorboard/, uploaded with each checkpoint.",
+    )
 
 
 class StorageSpec(_Section):

@@ -18,6 +18,7 @@ from convit.errors import ConvitError
 from convit.jobspec import JobSpec, job_values
 from convit.train.checkpoints import CheckpointMeta, CheckpointStore
 from convit.train.compile_cache import enable_compile_cache
+from convit.train.curves import TrainingCurves
 from convit.train.evaluate import evaluate
 from convit.train.progress import Progress
 from convit.train.runtime import AllReduceSum, Runtime
@@ -85,6 +86,7 @@ class Trainer:
         self.segments: tuple[Segment, ...] = ()  # the epoch's position: see convit.data.order
         self.lr_offset = 0  # LR table slot minus global step (not 0 after an epoch resumed at another shape)
         self.last_top1: float | None = None
+        self.curves = TrainingCurves("", Path(), first_step=1, enabled=False)  # opened by run() once resumed
 
     # ---- state ----------------------------------------------------------------------------------------------
     def _state_params(self) -> list[Any]:
@@ -235,12 +237,14 @@ class Trainer:
         self.checkpoints.save(self._write_checkpoint, meta, background=background)
         uri = f"{self.spec.checkpoint.uri}/checkpoints/step-{self.global_step:09d}"
         self.progress.checkpoint(step=self.global_step, uri=uri, seconds=time.monotonic() - started, reason=reason)
+        self.curves.sync()  # the curves follow each checkpoint to object storage
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def validate(self) -> None:
         started = time.monotonic()
         top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
         self.last_top1 = top1
+        self.curves.validation(self.global_step, top1=top1, top5=top5)
         self.progress.validation(
             epoch=self.epoch + (1 if self.epoch_step else 0),
             step=self.global_step,
@@ -258,8 +262,6 @@ class Trainer:
         return self.reduce([local])[0] > 0
 
     def run(self) -> int:
-        import mindspore as ms
-
         self.stop.install()
         resumed = self.resume()
         plan = self._position()
@@ -283,6 +285,22 @@ class Trainer:
         if self.global_step >= self.total_steps:
             self.progress.done(step=self.global_step, reason="already complete")
             return 0
+        self.curves = TrainingCurves(
+            spec.checkpoint.uri,
+            self.checkpoints.staging,
+            first_step=self.global_step + 1,
+            enabled=rt.is_main and spec.logging.tensorboard,
+        )
+        try:
+            return self._train(plan)
+        finally:
+            self.curves.close()  # whatever ended the run, its curves are uploaded
+
+    def _train(self, plan: EpochPlan) -> int:
+        import mindspore as ms
+
+        spec, rt = self.spec, self.runtime
+        global_batch = self.global_batch
         interval = spec.logging.interval_steps
         window_start, window_steps = time.monotonic(), 0
         step_times: list[float] = []
@@ -312,17 +330,21 @@ class Trainer:
                     now = time.monotonic()
                     step_time = (now - window_start) / window_steps
                     step_times.append(step_time)
+                    lr = float(self.lrs[min(self.global_step + self.lr_offset, len(self.lrs)) - 1])
                     self.progress.step(
                         epoch=epoch + 1,
                         epochs=spec.train.epochs,
                         step=self.global_step,
                         steps=self.total_steps,
                         loss=loss,
-                        lr=float(self.lrs[min(self.global_step + self.lr_offset, len(self.lrs)) - 1]),
+                        lr=lr,
                         images_per_s=global_batch / step_time,
                         step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
                         overflows=overflows,
+                    )
+                    self.curves.train(
+                        self.global_step, loss=loss, lr=lr, images_per_s=global_batch / step_time, overflows=overflows
                     )
                     window_start, window_steps = now, 0
                 del tick
