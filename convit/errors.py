@@ -1,5 +1,31 @@
-"""The one user-facing exception: the CLIs turn it into a single `ERROR:` line and a non-zero exit."""
+"""The one user-facing exception, and the CLI boundary that turns it into a single `ERROR:` line and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class ConvitError(Exception):
     """A problem the user can fix (bad input, missing data, unreachable service); not a bug."""
+
+    exit_code = 1
+
+
+class UsageError(ConvitError):
+    """A command or job file that can never work as given. Exit code 2: the rendered failure policies (the Indexed
+    Job's podFailurePolicy, Volcano's TerminateJob policy) fail the job at once instead of retrying it."""
+
+    exit_code = 2
+
+
+def cli_boundary(body: Callable[[], int], *, exit_code: int | None = None) -> int:
+    """Run a command's body: its exit code; a ConvitError is one `ERROR:` line and `exit_code` (default: the
+    error's own), never a traceback; Ctrl-C is 130, as shells report it."""
+    try:
+        return body()
+    except ConvitError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code if exit_code is None else exit_code
+    except KeyboardInterrupt:
+        return 130

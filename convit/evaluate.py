@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from convit.cluster import contract
-from convit.errors import ConvitError
-from convit.jobspec.load import JobSpecError
+from convit.errors import ConvitError, cli_boundary
 
 
 @dataclass(frozen=True)
@@ -155,32 +154,27 @@ def _pod_supervisor(argv: list[str]) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        from convit.jobspec import load_job
+    return cli_boundary(lambda: _main(args, sys.argv[1:] if argv is None else argv))
 
-        sets = list(args.overrides) + ([f"data.uri={args.data}"] if args.data else [])
-        spec = load_job(args.job, sets)
-        pod = _pod_supervisor(sys.argv[1:] if argv is None else argv)
-        if pod is not None:
-            return pod
-        from convit.inference.runtime import init_inference
 
-        if os.environ.get(contract.ENV_ROLE) == "MS_SCHED":  # serves the cluster inside init() until workers finish
-            init_inference(args.device)
-            return 0
-        runtime = init_inference(args.device)
-        result = run(args, spec, runtime)
-        if runtime.is_main:
-            print(json.dumps(asdict(result), sort_keys=True) if args.json else result.line(), flush=True)
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    from convit.jobspec import load_job
+
+    sets = list(args.overrides) + ([f"data.uri={args.data}"] if args.data else [])
+    spec = load_job(args.job, sets)
+    pod = _pod_supervisor(argv)
+    if pod is not None:
+        return pod
+    from convit.inference.runtime import init_inference
+
+    if os.environ.get(contract.ENV_ROLE) == "MS_SCHED":  # serves the cluster inside init() until workers finish
+        init_inference(args.device)
         return 0
-    except JobSpecError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    runtime = init_inference(args.device)
+    result = run(args, spec, runtime)
+    if runtime.is_main:
+        print(json.dumps(asdict(result), sort_keys=True) if args.json else result.line(), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

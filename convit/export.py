@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from convit.errors import ConvitError
+from convit.errors import ConvitError, cli_boundary
 
 SUFFIX = {"onnx": ".onnx", "mindir": ".mindir"}
 INPUT_NAME = "image"
@@ -172,13 +172,11 @@ def export(args: argparse.Namespace) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        model_uri, side_uri = export(args)
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return cli_boundary(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    model_uri, side_uri = export(args)
     batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"
     print(f"exported {args.format} ({batch}) to {model_uri}; sidecar {side_uri}", flush=True)
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from convit.errors import ConvitError
+from convit.errors import ConvitError, cli_boundary
 
 MAX_BATCH = 16
 
@@ -108,13 +108,11 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        results, errors = predict(args)
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return cli_boundary(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    results, errors = predict(args)
     for message in errors:
         print(f"ERROR: {message}", file=sys.stderr, flush=True)
     if results or args.json:

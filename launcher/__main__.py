@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from convit.errors import ConvitError
+from convit.errors import cli_boundary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,15 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     # Transport retries are the client's business; the user sees one line when they finally fail.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
-    try:
-        return run(argv)
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+    def body() -> int:
+        try:
+            return run(argv)
+        except BrokenPipeError:  # `logs | head`
+            return 0
+
+    return cli_boundary(body, exit_code=1)  # every user error is 1 here; argparse's usage errors are 2
 
 
 if __name__ == "__main__":

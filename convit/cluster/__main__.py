@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from convit.errors import ConvitError
+from convit.errors import UsageError, cli_boundary
 
 TRAIN = "convit.train"
 EVALUATE = "convit.evaluate"
@@ -26,12 +26,12 @@ def split_module(args: list[str]) -> tuple[str, list[str]]:
     module, rest = TRAIN, list(args)
     if rest and rest[0] == "--module":
         if len(rest) < 2:
-            raise ConvitError("--module needs a value: " + " or ".join(MODULES))
+            raise UsageError("--module needs a value: " + " or ".join(MODULES))
         module, rest = rest[1], rest[2:]
     elif rest and rest[0].startswith("--module="):
         module, rest = rest[0].split("=", 1)[1], rest[1:]
     if module not in MODULES:
-        raise ConvitError(f"--module {module!r}: expected one of {', '.join(MODULES)}")
+        raise UsageError(f"--module {module!r}: expected one of {', '.join(MODULES)}")
     return module, rest
 
 
@@ -52,24 +52,16 @@ def _check_job(module: str, args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convit.cluster.supervisor import supervise, supervises
-    from convit.jobspec.load import JobSpecError
+    return cli_boundary(lambda: _main(sys.argv[1:] if argv is None else argv))
 
-    try:
-        module, args = split_module(sys.argv[1:] if argv is None else argv)
-    except ConvitError as exc:  # a usage error, like a bad job file: exit 2, not retried
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 2
-    try:
-        if supervises():
-            _check_job(module, args)
-            return supervise(args, module=module)
-    except JobSpecError as exc:  # exit 2: a bad job file, which the rendered failure policies do not retry
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
+
+def _main(argv: list[str]) -> int:
+    from convit.cluster.supervisor import supervise, supervises
+
+    module, args = split_module(argv)
+    if supervises():
+        _check_job(module, args)
+        return supervise(args, module=module)
     if module == EVALUATE:
         from convit.evaluate import main as evaluate
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from convit.errors import ConvitError
+from convit.errors import ConvitError, cli_boundary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,30 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from convit.storage import open_storage
+    return cli_boundary(lambda: _run(args))
 
-        if args.command == "make-sample":
-            for flag in ("classes", "per_class"):
-                if getattr(args, flag) <= 0:
-                    raise ConvitError(f"--{flag.replace('_', '-')} must be positive")
-            if args.val_per_class < 0:
-                raise ConvitError("--val-per-class must not be negative")
-            from convit.data.sample import make_sample
 
-            written = make_sample(open_storage(args.dst), args.classes, args.per_class, args.val_per_class, args.seed)
-            print(f"wrote {written} images ({args.classes} classes) to {args.dst}")
-        else:
-            from convit.data.prepare import parse_size, prepare
+def _run(args: argparse.Namespace) -> int:
+    from convit.storage import open_storage
 
-            size = parse_size(args.shard_size)
-            src = open_storage(args.src)
-            src.check_root()
-            counts = prepare(src, open_storage(args.dst), size, args.seed, args.quiet)
-            print(f"prepared {args.dst}: " + ", ".join(f"{k} {v} samples" for k, v in counts.items()))
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "make-sample":
+        for flag in ("classes", "per_class"):
+            if getattr(args, flag) <= 0:
+                raise ConvitError(f"--{flag.replace('_', '-')} must be positive")
+        if args.val_per_class < 0:
+            raise ConvitError("--val-per-class must not be negative")
+        from convit.data.sample import make_sample
+
+        written = make_sample(open_storage(args.dst), args.classes, args.per_class, args.val_per_class, args.seed)
+        print(f"wrote {written} images ({args.classes} classes) to {args.dst}")
+    else:
+        from convit.data.prepare import parse_size, prepare
+
+        size = parse_size(args.shard_size)
+        src = open_storage(args.src)
+        src.check_root()
+        counts = prepare(src, open_storage(args.dst), size, args.seed, args.quiet)
+        print(f"prepared {args.dst}: " + ", ".join(f"{k} {v} samples" for k, v in counts.items()))
     return 0
 
 

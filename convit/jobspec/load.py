@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from convit.errors import ConvitError
+from convit.errors import UsageError
 from convit.jobspec.schema import JobSpec
 
 MAX_JOB_FILE_BYTES = 256 * 1024
@@ -20,8 +20,8 @@ _RECIPE_NAME = re.compile(r"^[a-z0-9_]+$")
 _SET_KEY = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 
 
-class JobSpecError(ConvitError):
-    """A job file or override that does not describe a valid job."""
+class JobSpecError(UsageError):
+    """A job file or override that does not describe a valid job (exit code 2: never retried)."""
 
 
 class _StrictLoader(yaml.SafeLoader):

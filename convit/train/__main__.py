@@ -13,8 +13,7 @@ import os
 import sys
 
 from convit.cluster import contract
-from convit.errors import ConvitError
-from convit.jobspec.load import JobSpecError
+from convit.errors import cli_boundary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,34 +60,29 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        from convit.jobspec import load_job
+    return cli_boundary(lambda: _main(args, sys.argv[1:] if argv is None else argv))  # a bad job file: exit 2
 
-        spec = load_job(args.job, overrides_of(args))
-        role = os.environ.get(contract.ENV_ROLE)
-        from convit.cluster.supervisor import supervise, supervises
 
-        if supervises():  # started as a pod's command (the image runs `python -m convit.cluster`, the same thing)
-            return supervise(sys.argv[1:] if argv is None else argv)
-        from convit.train.runtime import init_runtime
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    from convit.jobspec import load_job
 
-        if role == contract.ROLE_SCHED:
-            init_runtime(args.device)  # the scheduler serves the cluster inside init() until workers finish
-            return 0
-        runtime = init_runtime(args.device, pynative=args.pynative)
-        if runtime.rank != 0:
-            logging.getLogger().setLevel(logging.WARNING)
-        from convit.train.loop import Trainer
+    spec = load_job(args.job, overrides_of(args))
+    role = os.environ.get(contract.ENV_ROLE)
+    from convit.cluster.supervisor import supervise, supervises
 
-        return Trainer(spec, runtime, resume_uri=args.resume).run()
-    except JobSpecError as exc:  # a bad job file: exit 2, which the Job's podFailurePolicy does not retry
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except ConvitError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    if supervises():  # started as a pod's command (the image runs `python -m convit.cluster`, the same thing)
+        return supervise(argv)
+    from convit.train.runtime import init_runtime
+
+    if role == contract.ROLE_SCHED:
+        init_runtime(args.device)  # the scheduler serves the cluster inside init() until workers finish
+        return 0
+    runtime = init_runtime(args.device, pynative=args.pynative)
+    if runtime.rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    from convit.train.loop import Trainer
+
+    return Trainer(spec, runtime, resume_uri=args.resume).run()
 
 
 if __name__ == "__main__":
