@@ -77,6 +77,7 @@ def test_local_job_trains_checkpoints_and_resumes(
     assert main([*args, "--set", "train.max_steps=8"]) == 0
     text = capsys.readouterr().out
     assert "resume=step 4 (epoch 1, 32 of 48 samples)" in text and "step 8/8" in text
+    assert "[WARNING]" not in text  # a resume's log is as clean as a first start's
     assert main(["status", "demo", "--local"]) == 0
     status = capsys.readouterr().out
     assert "Succeeded" in status and "progress: epoch 2/2 step 8/8" in status

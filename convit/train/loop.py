@@ -124,7 +124,10 @@ class Trainer:
         if missing or mismatched:
             what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
             raise CheckpointError(f"it does not fit this model ({what})")
-        ms.load_param_into_net(self.train_step, {k: values[k] for k in own}, strict_load=True)
+        restored = {k: values[k] for k in own}
+        for name in _DERIVED:  # kept as it is; named so MindSpore does not warn about it in the user's log
+            restored[name] = self.train_step.parameters_dict()[name]
+        ms.load_param_into_net(self.train_step, restored, strict_load=True)
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
         if meta.segments:
             self.segments = tuple(Segment(*seg) for seg in meta.segments)
