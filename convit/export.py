@@ -141,7 +141,8 @@ def export(args: argparse.Namespace) -> tuple[str, str]:
     side_key = key + ".json"
     weights = read_weights(args.weights)
     init_inference(None)
-    model = build_model(weights, args.model)
+    # The GeLU op itself, not its elementwise CPU form: serving runtimes (MindSpore Lite, onnxruntime) have their own.
+    model = build_model(weights, args.model, gelu_form="kernel")
     work = Path(tempfile.mkdtemp(prefix="convit-export-"))
     try:
         local = work / f"model{suffix}"

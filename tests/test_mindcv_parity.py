@@ -214,7 +214,10 @@ def batches() -> list[tuple[np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize(
     ("amp", "loss_tol", "weight_tol"),
     [
-        ("O0", 1e-5, 1e-5),
+        # float32: the same math; on the CPU our tanh GELU runs as elementwise ops (5x faster than MindSpore's GeLU
+        # kernel, equal to it within 6e-7), MindCV's as the kernel. Measured after 20 steps: losses 7.1e-7 relative,
+        # weights 1.0e-5 (6e-6 with the kernel); see docs/fidelity.md.
+        ("O0", 1e-5, 2e-5),
         # float16 compute: the two graphs place their casts differently (ours casts inside GPSA, MindCV's at
         # cell boundaries), so they round differently. Measured: 1.9e-4 relative on the losses, 7.3e-3 on the
         # weights (an MLP bias) after 20 steps; see docs/fidelity.md.

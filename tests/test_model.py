@@ -10,6 +10,7 @@ import pytest
 
 from convit.errors import ConvitError
 from convit.models import check_input_size, count_params, create_model, list_models, load_weights, relative_indices
+from convit.models.layers import ElementwiseTanhGELU
 
 SPEC_PARAMS = {
     "convit_tiny": 5_710_512,
@@ -192,9 +193,36 @@ def test_logits_match_timm_in_float32(name: str) -> None:
 def test_default_norm_and_gelu_are_mindcvs_not_timms() -> None:
     model = create_model("convit_tiny")
     assert model.norm.epsilon == 1e-7 and model.blocks[0].norm1.epsilon == 1e-7
-    assert model.blocks[0].mlp.act.approximate == "tanh"
+    assert isinstance(model.blocks[0].mlp.act, ElementwiseTanhGELU)  # on the CPU: MindCV's tanh GELU, elementwise
+    assert create_model("convit_tiny", gelu_form="kernel").blocks[0].mlp.act.approximate == "tanh"
     timm_like = create_model("convit_tiny", layer_norm_eps=1e-6, exact_gelu=True)
     assert timm_like.norm.epsilon == 1e-6 and timm_like.blocks[0].mlp.act.approximate == "none"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_elementwise_tanh_gelu_is_mindspores_gelu_kernel(dtype: type) -> None:
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(4096) * 3, [-300.0, -60.0, -8.0, 0.0, 8.0, 60.0, 300.0]]).astype(dtype)
+    kernel, ours = nn.GELU(approximate=True), ElementwiseTanhGELU()
+    values = [f(ms.Tensor(x)).asnumpy() for f in (kernel, ours)]
+
+    class Summed(nn.Cell):  # type: ignore[misc]
+        def __init__(self, act: nn.Cell) -> None:
+            super().__init__()
+            self.act = act
+
+        def construct(self, t: ms.Tensor) -> ms.Tensor:
+            return self.act(t).sum()
+
+    grads = [ops.GradOperation()(Summed(f))(ms.Tensor(x)).asnumpy() for f in (kernel, ours)]
+    assert values[1].dtype == dtype and np.isfinite(values[1]).all() and np.isfinite(grads[1]).all()
+    tol = 1e-6 if dtype == np.float32 else 1e-3  # float16: the kernel rounds in float16, ours in float32
+    scale = np.maximum(1.0, np.abs(x.astype(np.float64)))
+    assert (np.abs(values[1] - values[0]) / scale).max() < tol
+    assert np.abs(grads[1] - grads[0]).max() < 3 * tol
 
 
 def _train_steps(mode: int, steps: int) -> list[float]:

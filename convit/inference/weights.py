@@ -164,11 +164,13 @@ def read_weights(uri: str) -> LoadedWeights:
     return _ours(uri, None, LATEST, uri)
 
 
-def build_model(weights: LoadedWeights, model: str | None = None, num_classes: int | None = None) -> Any:
+def build_model(
+    weights: LoadedWeights, model: str | None = None, num_classes: int | None = None, *, gelu_form: str = "auto"
+) -> Any:
     """Our ConViT for inference (no drop path, eval mode) with every weight from the checkpoint.
 
     `model` / `num_classes`, when given, must match the checkpoint: a checkpoint of another variant or head
-    is an error, not a partial load.
+    is an error, not a partial load. `gelu_form`: see ConViT.
     """
     from convit.models import create_model, load_weights
 
@@ -181,7 +183,7 @@ def build_model(weights: LoadedWeights, model: str | None = None, num_classes: i
             f"{weights.uri} has a {weights.num_classes}-class head, but {classes} classes were asked for "
             f"(set model.num_classes={weights.num_classes})"
         )
-    net = create_model(name, num_classes=classes, drop_path_rate=0.0)
+    net = create_model(name, num_classes=classes, drop_path_rate=0.0, gelu_form=gelu_form)
     net.variant_name = name
     params = weights.params
     if weights.source != "mindcv":  # ours: every model tensor checked, the trainer's own state set aside
