@@ -12,33 +12,6 @@ _TEXT = re.compile(
 )
 
 
-def is_progress(line: str) -> bool:
-    line = line.strip()
-    if _TEXT.match(line):
-        return True
-    if line.startswith("{"):
-        try:
-            return bool(json.loads(line).get("event") == "progress")
-        except ValueError:
-            return False
-    return False
-
-
-def summarize(line: str) -> str:
-    """'step 1200/187500 loss 5.1234 eta 11h55m' from a text or JSON progress line."""
-    line = line.strip()
-    match = _TEXT.match(line)
-    if match:
-        return f"epoch {match[1]}/{match[2]} step {match[3]}/{match[4]} loss {match[5]} eta {match[9]}"
-    event = json.loads(line)
-    from convit.train.progress import format_duration
-
-    return (
-        f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
-        f"loss {event['loss']:.4f} eta {format_duration(event['eta_s'])}"
-    )
-
-
 _VALIDATION = re.compile(r"^validation epoch \d+ step (\d+) top1 (\S+) top5 (\S+) samples \d+")
 
 
@@ -55,6 +28,26 @@ def _event(line: str) -> dict[str, object] | None:
     if match := _VALIDATION.match(line):
         return {"event": "validation", "step": int(match[1]), "top1": float(match[2]), "top5": float(match[3])}
     return None
+
+
+def is_progress(line: str) -> bool:
+    event = _event(line)
+    return event is not None and event.get("event") == "progress"
+
+
+def summarize(line: str) -> str:
+    """'step 1200/187500 loss 5.1234 eta 11h55m' from a text or JSON progress line."""
+    line = line.strip()
+    match = _TEXT.match(line)
+    if match:
+        return f"epoch {match[1]}/{match[2]} step {match[3]}/{match[4]} loss {match[5]} eta {match[9]}"
+    event = json.loads(line)
+    from convit.train.progress import format_duration
+
+    return (
+        f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
+        f"loss {event['loss']:.4f} eta {format_duration(event['eta_s'])}"
+    )
 
 
 @dataclass
