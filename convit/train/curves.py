@@ -112,5 +112,5 @@ class TrainingCurves:
         except (ConvitError, OSError) as exc:
             # Curves are never worth a training run: the next sync retries; say so once.
             if not self._warned:
-                log.warning("training curves not uploaded (%s); retrying at the next checkpoint", exc)
+                log.warning("training curves not uploaded (%s); retried at the next sync", exc)
                 self._warned = True

@@ -118,15 +118,15 @@ class Trainer:
             values = ms.load_checkpoint(str(path))
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"MindSpore cannot read it ({str(exc).splitlines()[0][:200]})") from None
-        own = {name: p for name, p in self.train_step.parameters_dict().items() if name not in _DERIVED}
+        params = self.train_step.parameters_dict()
+        own = {name: p for name, p in params.items() if name not in _DERIVED}
         missing = sorted(set(own) - set(values))
         mismatched = [k for k in own if k in values and tuple(values[k].shape) != tuple(own[k].shape)]
         if missing or mismatched:
             what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
             raise CheckpointError(f"it does not fit this model ({what})")
-        restored = {k: values[k] for k in own}
-        for name in _DERIVED:  # kept as it is; named so MindSpore does not warn about it in the user's log
-            restored[name] = self.train_step.parameters_dict()[name]
+        # The derived ones are kept as they are, but named, so MindSpore does not warn about them in the user's log.
+        restored = {k: values[k] for k in own} | {name: params[name] for name in _DERIVED}
         ms.load_param_into_net(self.train_step, restored, strict_load=True)
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
         if meta.segments:
@@ -334,6 +334,7 @@ class Trainer:
                     step_time = (now - window_start) / window_steps
                     step_times.append(step_time)
                     lr = float(self.lrs[min(self.global_step + self.lr_offset, len(self.lrs)) - 1])
+                    images_per_s = global_batch / step_time
                     self.progress.step(
                         epoch=epoch + 1,
                         epochs=spec.train.epochs,
@@ -341,13 +342,13 @@ class Trainer:
                         steps=self.total_steps,
                         loss=loss,
                         lr=lr,
-                        images_per_s=global_batch / step_time,
+                        images_per_s=images_per_s,
                         step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
                         overflows=overflows,
                     )
                     self.curves.train(
-                        self.global_step, loss=loss, lr=lr, images_per_s=global_batch / step_time, overflows=overflows
+                        self.global_step, loss=loss, lr=lr, images_per_s=images_per_s, overflows=overflows
                     )
                     window_start, window_steps = now, 0
                 del tick
