@@ -21,6 +21,7 @@ from convit.jobspec import load_job
 from launcher.render import render_objects
 from tests.support.controllers import (
     DISRUPTION,
+    EVICTED,
     FAIL_JOB,
     NOTHING,
     RECREATE_POD,
@@ -127,19 +128,39 @@ def test_volcano_restart_decisions() -> None:
 
 
 def test_ascend_operator_restart_decisions() -> None:
-    def op() -> AscendJobOperator:
-        return AscendJobOperator(_render("ascendjob", "cluster.pods=2", "cluster.backoff_limit=1")[-1])
+    def op(limit: int = 1) -> AscendJobOperator:
+        return AscendJobOperator(_render("ascendjob", "cluster.pods=2", f"cluster.backoff_limit={limit}")[-1])
 
     o = op()
     outcomes = [o.pod_finished(name, 0) for name in ("tiny-worker-0", "tiny-worker-1", "tiny-scheduler-0")]
     assert outcomes == [NOTHING, NOTHING, SUCCEEDED]
-    for code in (1, 2, 137):  # replica restartPolicy Never: a failed pod fails the job
-        assert op().pod_finished("tiny-worker-1", code) == FAIL_JOB
-    o = op()  # an evicted pod is re-created, within runPolicy.backoffLimit
+    for code in (1, 2, 137, EVICTED):  # a failed pod: MindCluster reschedules the whole job, fault-retry-times times
+        o = op(2)
+        assert [o.pod_finished("tiny-worker-1", code) for _ in range(3)] == [RESTART_JOB, RESTART_JOB, FAIL_JOB]
+    unlabelled = _render("ascendjob", "cluster.pods=2")[-1]
+    del unlabelled["metadata"]["labels"]["fault-retry-times"]
+    assert AscendJobOperator(unlabelled).pod_finished("tiny-worker-1", 1) == FAIL_JOB  # what we rendered before
+    o = op()  # a deleted pod is re-created alone, within the limit the operator took from fault-retry-times
     assert [o.pod_finished("tiny-worker-0", DISRUPTION), o.pod_finished("tiny-worker-0", DISRUPTION)] == [
         RECREATE_POD,
         FAIL_JOB,
     ]
+
+
+def test_evictions_per_controller() -> None:
+    """The kubelet's eviction: the Indexed Job ignores it (DisruptionTarget), Volcano restarts the job (PodEvicted),
+    the AscendJob sees a Failed pod (rescheduling the job, see above)."""
+    assert IndexedJob(_render("job", "cluster.pods=2")[-1]).pod_finished(1, EVICTED) == RECREATE_POD
+    assert VolcanoJob(_render("volcano", "cluster.pods=2")[-1]).pod_finished("tiny-worker-1", EVICTED) == RESTART_JOB
+
+
+def test_ascend_operator_skips_the_mindspore_variables_without_npus() -> None:
+    objects = _render("ascendjob", "cluster.pods=1")
+    worker = objects[-1]["spec"]["replicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    for section in ("requests", "limits"):
+        worker["resources"][section].pop("huawei.com/Ascend910")
+    pods = AscendJobOperator(objects[-1]).pods()
+    assert all(contract.ENV_ROLE not in p.env() for p in pods)
 
 
 # ---- the pods, trained ------------------------------------------------------------------------------------------

@@ -198,8 +198,11 @@ def test_restart_budgets_per_backend() -> None:
     assert volcano["spec"]["maxRetry"] == 1  # never 0, which Volcano's webhook would turn into 3
     assert volcano["spec"]["policies"][0] == {"exitCode": 2, "action": "TerminateJob"}
     assert volcano["spec"]["plugins"]["svc"] == ["--publish-not-ready-addresses"]
+    ascend = render_objects(load_job("convit_tiny", ["cluster.backend=ascendjob", "cluster.backoff_limit=2"]))[-1]
+    assert ascend["metadata"]["labels"]["fault-retry-times"] == "2"  # MindCluster's whole-job rescheduling
+    assert "backoffLimit" not in ascend["spec"]["runPolicy"]  # the operator takes its limit from the label
     with pytest.raises(JobSpecError, match="backoff_limit 0 cannot be expressed on the ascendjob backend"):
-        load_job("convit_tiny", ["cluster.backend=ascendjob", "cluster.backoff_limit=0"])
+        render_objects(load_job("convit_tiny", ["cluster.backend=ascendjob", "cluster.backoff_limit=0"]))
 
 
 def test_job_names_must_start_with_a_letter() -> None:

@@ -17,21 +17,12 @@ from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
 from launcher.errors import LauncherError
 from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
-from launcher.render.common import APP
+from launcher.render.common import APP, configmap_name
+from launcher.workloads import KINDS, Resource, Workload, for_object
 
 T = TypeVar("T")
 CONTAINER = contract.CONTAINER_NAME
-# (group, version, plural) of the custom workloads
-VOLCANO = ("batch.volcano.sh", "v1alpha1", "jobs")
-ASCEND = ("mindxdl.gitee.com", "v1", "ascendjobs")
-# Volcano's job commands (what `vcctl job suspend/resume` create): volcano-sh/volcano pkg/cli/util/util.go
-# CreateJobCommand, called by pkg/cli/job/suspend.go (AbortJob) and resume.go (ResumeJob).
-VOLCANO_COMMANDS = ("bus.volcano.sh", "v1alpha1", "commands")
-MERGE_PATCH = "application/merge-patch+json"
-# Where each controller writes a pod's index (contract.py): Indexed Job and Volcano in an annotation, the
-# ascend-operator (kubeflow common labels) in a label.
-INDEX_ANNOTATIONS = (contract.INDEXED_INDEX_ANNOTATION, contract.VOLCANO_INDEX_ANNOTATION)
-INDEX_LABELS = (contract.INDEXED_INDEX_ANNOTATION, *contract.ASCEND_REPLICA_INDEX_LABELS)
+CORE_KINDS = ("ConfigMap", "Service")  # the core objects a job creates beside its workload
 
 
 class KubernetesBackend(Backend):
@@ -50,10 +41,10 @@ class KubernetesBackend(Backend):
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=path, context=context, client_configuration=configuration
                 )
-        except (config.ConfigException, OSError) as exc:
-            raise LauncherError(
-                f"no usable kubeconfig ({str(exc).splitlines()[0]}): set KUBECONFIG or run inside a cluster"
-            ) from None
+        except Exception as exc:  # a malformed kubeconfig raises anything (YAMLError, TypeError, binascii.Error, ...)
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            reason = first if isinstance(exc, config.ConfigException) else f"{type(exc).__name__}: {first}"
+            raise LauncherError(f"no usable kubeconfig ({reason}): set KUBECONFIG or run inside a cluster") from None
         configuration.retries = 1
         self.host = configuration.host
         api = client.ApiClient(configuration)
@@ -94,15 +85,39 @@ class KubernetesBackend(Backend):
             self._call("create", what, lambda: self.core.create_namespaced_config_map(ns, obj, **opts))
         elif kind == "Service":
             self._call("create", what, lambda: self.core.create_namespaced_service(ns, obj, **opts))
-        elif obj["apiVersion"] == "batch/v1":
-            self._call("create", what, lambda: self.batch.create_namespaced_job(ns, obj, **opts))
         else:
-            group, version, plural = VOLCANO if kind == "Job" else ASCEND
+            r = for_object(obj).resource
             self._call(
                 "create",
                 what,
-                lambda: self.custom.create_namespaced_custom_object(group, version, ns, plural, obj, **opts),
+                lambda: self.custom.create_namespaced_custom_object(r.group, r.version, ns, r.plural, obj, **opts),
             )
+
+    # ---- what a workload kind may do on the cluster (launcher.workloads.base.ClusterApi) ------------------------
+    def create(self, resource: Resource, body: dict[str, Any], what: str) -> dict[str, Any]:
+        r = resource
+        return dict(
+            self._call(
+                "create",
+                what,
+                lambda: self.custom.create_namespaced_custom_object(
+                    r.group, r.version, self.namespace, r.plural, body, _request_timeout=self.timeout
+                ),
+            )
+        )
+
+    def patch(self, resource: Resource, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = resource
+        # The custom-objects client sends a merge patch for a dict body (what `kubectl patch --type merge` does).
+        return dict(
+            self._call(
+                "patch",
+                f"{r.plural} {name!r}",
+                lambda: self.custom.patch_namespaced_custom_object(
+                    r.group, r.version, self.namespace, r.plural, name, body, _request_timeout=self.timeout
+                ),
+            )
+        )
 
     def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
         self.namespace = spec.cluster.namespace
@@ -113,7 +128,7 @@ class KubernetesBackend(Backend):
             except _Conflict:
                 if not dry_run:
                     for done in reversed(created):  # leave nothing half-created behind
-                        self._delete_object(done["kind"], done["apiVersion"], done["metadata"]["name"])
+                        self._delete_object(done)
                 raise LauncherError(
                     f"job {self.namespace}/{spec.name} already exists ({obj['kind']} {obj['metadata']['name']}); "
                     f"delete it first: python -m launcher delete {spec.name} -n {self.namespace}"
@@ -122,33 +137,29 @@ class KubernetesBackend(Backend):
         return spec.name
 
     # ---- finding a job -------------------------------------------------------------------------------------
-    def _workload(self, name: str) -> tuple[str, dict[str, Any]]:
-        """('job'|'volcano'|'ascendjob', object) of job `name`."""
-        try:
-            job = self._call(
+    def _get(self, kind: Workload, name: str) -> dict[str, Any]:
+        r = kind.resource
+        return dict(
+            self._call(
                 "get",
-                f"Job {name!r}",
-                lambda: self.batch.read_namespaced_job(name, self.namespace, _request_timeout=self.timeout),
+                f"{r.plural} {name!r}",
+                functools.partial(
+                    self.custom.get_namespaced_custom_object,
+                    r.group,
+                    r.version,
+                    self.namespace,
+                    r.plural,
+                    name,
+                    _request_timeout=self.timeout,
+                ),
             )
-            return "job", self.batch.api_client.sanitize_for_serialization(job)
-        except _NotFound:
-            pass
-        for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
+        )
+
+    def _workload(self, name: str) -> tuple[Workload, dict[str, Any]]:
+        """(kind, object) of job `name`: the first kind that has an object of that name."""
+        for kind in KINDS.values():
             try:
-                obj = self._call(
-                    "get",
-                    f"{plural} {name!r}",
-                    functools.partial(
-                        self.custom.get_namespaced_custom_object,
-                        group,
-                        version,
-                        self.namespace,
-                        plural,
-                        name,
-                        _request_timeout=self.timeout,
-                    ),
-                )
-                return kind, obj
+                return kind, self._get(kind, name)
             except _NotFound:
                 continue
         raise LauncherError(f"job {self.namespace}/{name} not found")
@@ -164,34 +175,6 @@ class KubernetesBackend(Backend):
         )
         items: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(pods).get("items", [])
         return items
-
-    def _phase(self, kind: str, obj: dict[str, Any]) -> str:
-        status = obj.get("status") or {}
-        if kind == "job":
-            for cond in status.get("conditions") or []:
-                if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
-                    return "Succeeded"
-                if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
-                    return "Failed"
-            if (obj.get("spec") or {}).get("suspend"):  # pods are stopping (and checkpointing) until none is active
-                return "Suspending" if status.get("active") or status.get("terminating") else "Suspended"
-            return "Running" if status.get("active") else "Pending"
-        if kind == "volcano":
-            # Our policies never abort a job (volcano_job in launcher/render/objects.py), so Aborting/Aborted is a
-            # suspension (AbortJob, from `suspend` or vcctl job suspend), which ResumeJob undoes.
-            phase = (status.get("state") or {}).get("phase", "Pending")
-            return str(
-                {
-                    "Completed": "Succeeded",
-                    "Terminated": "Failed",
-                    "Failed": "Failed",
-                    "Aborting": "Suspending",
-                    "Aborted": "Suspended",
-                }.get(phase, phase)
-            )
-        conditions = status.get("conditions") or []
-        last = conditions[-1].get("type", "Pending") if conditions else "Pending"
-        return {"Succeeded": "Succeeded", "Failed": "Failed", "Running": "Running"}.get(last, "Pending")
 
     # ---- status, logs ---------------------------------------------------------------------------------------
     def status(self, name: str) -> JobStatus:
@@ -217,10 +200,11 @@ class KubernetesBackend(Backend):
                 progress, result = latest_progress(lines), latest_result(lines)
             except LauncherError:
                 pass
-        return JobStatus(name, self.namespace, self._phase(kind, obj), pods, progress, result)
+        return JobStatus(name, self.namespace, kind.phase(obj), pods, progress, result)
 
     def _finished(self, name: str) -> bool:
-        return self._phase(*self._workload(name)) in ("Succeeded", "Failed")
+        kind, obj = self._workload(name)
+        return kind.phase(obj) in ("Succeeded", "Failed")
 
     def _current_pod(self, name: str, index: int) -> dict[str, Any] | None:
         mine = [p for p in self._pods(name) if _pod_index(p) == index]
@@ -273,7 +257,7 @@ class KubernetesBackend(Backend):
         if rank is not None:
             yield from self._follow_pod(name, rank, follow, "")
             return
-        pods = _replicas(kind, obj)
+        pods = kind.pods(obj)
         lines: queue.Queue[str | None] = queue.Queue(maxsize=1000)
 
         def pump(index: int) -> None:
@@ -296,114 +280,50 @@ class KubernetesBackend(Backend):
                 yield item
 
     # ---- suspend, resume ------------------------------------------------------------------------------------
-    def _suspendable(self, name: str, action: str) -> tuple[str, dict[str, Any], str]:
+    def _suspendable(self, name: str, action: str) -> tuple[Workload, dict[str, Any], str]:
         kind, obj = self._workload(name)
-        if kind == "ascendjob":
-            raise LauncherError(
-                f"job {self.namespace}/{name} is an AscendJob, which has no suspend: the ascend-operator cannot stop "
-                f"its pods and keep the job. Delete it (its pods save a checkpoint on SIGTERM) and submit it again "
-                f"later: it resumes from that checkpoint"
-            )
-        phase = self._phase(kind, obj)
+        if not kind.suspendable:
+            raise kind.no_suspend(self.namespace, name)
+        phase = kind.phase(obj)
         if phase in ("Succeeded", "Failed"):
             raise LauncherError(f"job {self.namespace}/{name} has {phase.lower()}: nothing to {action}")
         return kind, obj, phase
 
-    def _set_suspend(self, name: str, suspend: bool) -> None:
-        body = {"spec": {"suspend": suspend}}
-        self._call(
-            "patch",
-            f"Job {name!r}",
-            lambda: self.batch.patch_namespaced_job(
-                name, self.namespace, body, _content_type=MERGE_PATCH, _request_timeout=self.timeout
-            ),
-        )
-
-    def _volcano_command(self, obj: dict[str, Any], action: str) -> None:
-        """A bus.volcano.sh Command for the job, exactly as vcctl's CreateJobCommand makes it (util.go): the job
-        as controller owner and target, generateName `<job>-<action lower-cased>-`."""
-        meta = obj["metadata"]
-        ref = {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "name": meta["name"],
-            "uid": meta["uid"],
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-        body = {
-            "apiVersion": f"{VOLCANO_COMMANDS[0]}/{VOLCANO_COMMANDS[1]}",
-            "kind": "Command",
-            "metadata": {
-                "generateName": f"{meta['name']}-{action.lower()}-",
-                "namespace": self.namespace,
-                "ownerReferences": [ref],
-            },
-            "target": ref,
-            "action": action,
-        }
-        group, version, plural = VOLCANO_COMMANDS
-        self._call(
-            "create",
-            f"Volcano Command {action} for job {meta['name']!r}",
-            lambda: self.custom.create_namespaced_custom_object(
-                group, version, self.namespace, plural, body, _request_timeout=self.timeout
-            ),
-        )
-
     def suspend(self, name: str) -> str:
-        """Indexed Job: spec.suspend=true, and the Job controller deletes the active pods (SIGTERM, then the grace
-        period for rank 0's checkpoint). Volcano: an AbortJob Command (the controller kills the pods the same way;
-        the job turns Aborted)."""
+        """The kind's suspension (Indexed Job: spec.suspend; Volcano: an AbortJob Command): the controller stops
+        the pods with SIGTERM and rank 0 saves a checkpoint in the grace period."""
         kind, obj, phase = self._suspendable(name, "suspend")
         if phase in ("Suspending", "Suspended"):
             return f"job {self.namespace}/{name} is already {phase.lower()}"
-        if kind == "job":
-            self._set_suspend(name, True)
-        else:
-            self._volcano_command(obj, "AbortJob")
+        kind.suspend(self, obj)
         return (
             f"suspending job {self.namespace}/{name}: its pods get SIGTERM and rank 0 saves a checkpoint; "
             f"resume with: python -m launcher resume {name} -n {self.namespace}"
         )
 
     def resume(self, name: str) -> str:
-        """Indexed Job: spec.suspend=false (new pods, which resume from the newest checkpoint). Volcano: a ResumeJob
-        Command; Volcano counts each resume as a retry of the job (state/aborted.go: RetryCount++), against
-        maxRetry."""
         kind, obj, phase = self._suspendable(name, "resume")
         if phase not in ("Suspending", "Suspended"):
             raise LauncherError(f"job {self.namespace}/{name} is {phase.lower()}, not suspended")
-        if kind == "job":
-            self._set_suspend(name, False)
-        else:
-            self._volcano_command(obj, "ResumeJob")
+        kind.resume(self, obj)
         return f"resuming job {self.namespace}/{name}: its pods start again from the newest checkpoint"
 
     # ---- list, delete ---------------------------------------------------------------------------------------
     def list(self) -> builtins.list[JobSummary]:
         selector = f"app.kubernetes.io/name={APP}"
         out: list[JobSummary] = []
-        jobs = self._call(
-            "list",
-            "jobs",
-            lambda: self.batch.list_namespaced_job(
-                self.namespace, label_selector=selector, _request_timeout=self.timeout
-            ),
-        )
-        for job in self.batch.api_client.sanitize_for_serialization(jobs).get("items", []):
-            out.append(JobSummary(job["metadata"]["name"], self.namespace, self._phase("job", job), "Job"))
-        for kind, (group, version, plural) in (("volcano", VOLCANO), ("ascendjob", ASCEND)):
+        for kind in KINDS.values():
+            r = kind.resource
             try:
                 items = self._call(
                     "list",
-                    plural,
+                    r.plural,
                     functools.partial(
                         self.custom.list_namespaced_custom_object,
-                        group,
-                        version,
+                        r.group,
+                        r.version,
                         self.namespace,
-                        plural,
+                        r.plural,
                         label_selector=selector,
                         _request_timeout=self.timeout,
                     ),
@@ -411,46 +331,40 @@ class KubernetesBackend(Backend):
             except _NotFound:  # the CRD is not installed
                 continue
             for obj in items.get("items", []):
-                out.append(JobSummary(obj["metadata"]["name"], self.namespace, self._phase(kind, obj), obj["kind"]))
+                obj.setdefault("apiVersion", r.api_version)  # list items carry no apiVersion/kind
+                obj.setdefault("kind", kind.kind)
+                if kind.matches(obj):
+                    out.append(JobSummary(obj["metadata"]["name"], self.namespace, kind.phase(obj), kind.kind))
         return sorted(out, key=lambda j: j.name)
 
-    def _delete_object(self, kind: str, api_version: str, name: str) -> None:
+    def _delete_object(self, obj: dict[str, Any]) -> None:
         # The response (the deleted object or a Status, depending on kind and server) is not needed.
-        ns = self.namespace
+        ns, kind, name = self.namespace, obj["kind"], obj["metadata"]["name"]
         opts = {"propagation_policy": "Background", "_request_timeout": self.timeout, "_preload_content": False}
         what = f"{kind} {name!r}"
         if kind == "ConfigMap":
             self._call("delete", what, lambda: self.core.delete_namespaced_config_map(name, ns, **opts))
         elif kind == "Service":
             self._call("delete", what, lambda: self.core.delete_namespaced_service(name, ns, **opts))
-        elif api_version == "batch/v1":
-            self._call("delete", what, lambda: self.batch.delete_namespaced_job(name, ns, **opts))
         else:
-            group, version, plural = VOLCANO if kind == "Job" else ASCEND
+            r = for_object(obj).resource
             self._call(
                 "delete",
                 what,
-                lambda: self.custom.delete_namespaced_custom_object(
-                    group,
-                    version,
-                    ns,
-                    plural,
-                    name,
-                    propagation_policy="Background",
-                    _request_timeout=self.timeout,
-                    _preload_content=False,
-                ),
+                lambda: self.custom.delete_namespaced_custom_object(r.group, r.version, ns, r.plural, name, **opts),
             )
 
     def delete(self, name: str) -> builtins.list[str]:
-        _kind, obj = self._workload(name)
+        kind, obj = self._workload(name)
+        obj.setdefault("apiVersion", kind.resource.api_version)
+        obj.setdefault("kind", kind.kind)
         deleted = []
-        self._delete_object(obj["kind"], obj["apiVersion"], name)
+        self._delete_object(obj)
         deleted.append(f"{obj['kind']}/{name}")
         # The Service and ConfigMap this job created: only if they carry the job's instance label.
         for other_kind, other_name, read in (
             ("Service", name, self.core.read_namespaced_service),
-            ("ConfigMap", f"{name}-job", self.core.read_namespaced_config_map),
+            ("ConfigMap", configmap_name(name), self.core.read_namespaced_config_map),
         ):
             try:
                 found = self._call(
@@ -462,7 +376,7 @@ class KubernetesBackend(Backend):
                 continue
             labels = (self.core.api_client.sanitize_for_serialization(found).get("metadata") or {}).get("labels") or {}
             if labels.get("app.kubernetes.io/instance") == name and labels.get("app.kubernetes.io/name") == APP:
-                self._delete_object(other_kind, "v1", other_name)
+                self._delete_object({"kind": other_kind, "metadata": {"name": other_name}})
                 deleted.append(f"{other_kind}/{other_name}")
         return deleted
 
@@ -489,14 +403,11 @@ def _restarts(pod: dict[str, Any]) -> int:
 
 
 def _pod_index(pod: dict[str, Any]) -> int:
-    annotations = pod["metadata"].get("annotations") or {}
-    for key in INDEX_ANNOTATIONS:
-        if key in annotations:
-            return int(annotations[key])
-    labels = pod["metadata"].get("labels") or {}
-    for key in INDEX_LABELS:
-        if key in labels:
-            return int(labels[key])
+    """The pod's index, from wherever the controller that made it writes it (each kind knows its own)."""
+    for kind in KINDS.values():
+        index = kind.pod_index(pod)
+        if index is not None:
+            return index
     return -1
 
 
@@ -508,12 +419,3 @@ def _pod_status(pod: dict[str, Any]) -> PodStatus:
         restarts=_restarts(pod),
         node=(pod.get("spec") or {}).get("nodeName", "") or "",
     )
-
-
-def _replicas(kind: str, obj: dict[str, Any]) -> int:
-    spec = obj.get("spec") or {}
-    if kind == "job":
-        return int(spec.get("completions") or 1)
-    if kind == "volcano":
-        return int(sum(t.get("replicas", 0) for t in spec.get("tasks", [])))
-    return int(((spec.get("replicaSpecs") or {}).get("Worker") or {}).get("replicas", 1))

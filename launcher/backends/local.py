@@ -33,7 +33,8 @@ from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
 from launcher.errors import LauncherError
 from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
-from launcher.render.objects import COMPLETION_INDEX
+from launcher.workloads import for_object
+from launcher.workloads.indexed_job import COMPLETION_INDEX
 
 STATE = "state.json"
 OBJECTS = "objects.json"  # the rendered objects, as submitted: what the supervisor runs
@@ -51,14 +52,8 @@ def _free_port() -> int:
 
 
 def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worker pod template of the rendered workload, whatever the backend."""
-    workload = objects[-1]
-    spec = workload["spec"]
-    if workload["kind"] == "AscendJob":
-        return dict(spec["replicaSpecs"]["Worker"]["template"])
-    if workload["apiVersion"].startswith("batch.volcano.sh"):
-        return dict(spec["tasks"][0]["template"])
-    return dict(spec["template"])
+    """The worker pod template of the rendered workload, whatever its kind."""
+    return dict(for_object(objects[-1]).worker_template(objects[-1]))
 
 
 def pod_process(

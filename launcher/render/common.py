@@ -42,8 +42,9 @@ def metadata(spec: JobSpec, name: str, component: str, extra_labels: dict[str, s
     }
 
 
-def configmap_name(spec: JobSpec) -> str:
-    return f"{spec.name}-job"
+def configmap_name(job: str) -> str:
+    """The ConfigMap holding job `job`'s file."""
+    return f"{job}-job"
 
 
 def env_value(name: str, value: str | int) -> Obj:
@@ -126,7 +127,7 @@ def container(spec: JobSpec, env: list[Obj], npus: bool = True, ports: list[Obj]
 
 def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
     vols: list[Obj] = [
-        {"name": "job", "configMap": {"name": configmap_name(spec)}},
+        {"name": "job", "configMap": {"name": configmap_name(spec.name)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.cluster.shm_size}},
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},

@@ -35,7 +35,8 @@ SUCCEEDED = "job-succeeded"
 RECREATE_POD = "recreate-pod"  # this pod only
 RESTART_JOB = "restart-job"  # every pod killed and created again
 FAIL_JOB = "job-failed"
-DISRUPTION = -1  # in place of an exit code: the pod was evicted/preempted (DisruptionTarget, deletion)
+DISRUPTION = -1  # in place of an exit code: the pod was preempted or deleted (DisruptionTarget, deletion)
+EVICTED = -2  # in place of an exit code: the kubelet evicted the pod (node pressure): a Failed pod
 
 
 @dataclass
@@ -102,7 +103,9 @@ class IndexedJob:
     """Kubernetes Job controller, completionMode Indexed (kubernetes/kubernetes pkg/controller/job/
     indexed_job_utils.go: the completion-index annotation and label, JOB_COMPLETION_INDEX from the annotation,
     hostname `<job>-<index>`; job_controller.go and pod_failure_policy.go: podFailurePolicy rules in order, then
-    backoffLimit over failed pods; podReplacementPolicy Failed). Kubernetes 1.29+ (podReplacementPolicy)."""
+    backoffLimit over failed pods; podReplacementPolicy Failed: RECREATE_POD replaces that index alone, once the
+    old pod is terminal, while the other pods keep running; nothing restarts the gang; the kubelet marks an evicted
+    pod DisruptionTarget). Kubernetes 1.29+ (podReplacementPolicy)."""
 
     def __init__(self, job: Obj) -> None:
         assert job["apiVersion"] == "batch/v1" and job["spec"]["completionMode"] == "Indexed"
@@ -142,12 +145,12 @@ class IndexedJob:
             self.succeeded.add(index)
             return SUCCEEDED if len(self.succeeded) == self.job["spec"]["completions"] else NOTHING
         for rule in self.job["spec"].get("podFailurePolicy", {}).get("rules", []):
-            if exit_code == DISRUPTION and any(
+            if exit_code in (DISRUPTION, EVICTED) and any(
                 c["type"] == "DisruptionTarget" and c["status"] == "True" for c in rule.get("onPodConditions", [])
             ):
                 return self._act(rule["action"])
             codes = rule.get("onExitCodes")
-            if codes and exit_code != DISRUPTION and codes["containerName"] == contract.CONTAINER_NAME:
+            if codes and exit_code not in (DISRUPTION, EVICTED) and codes["containerName"] == contract.CONTAINER_NAME:
                 hit = exit_code in codes["values"]
                 if hit == (codes["operator"] == "In"):
                     return self._act(rule["action"])
@@ -230,7 +233,7 @@ class VolcanoJob:
                 return NOTHING
             event, code = "TaskCompleted", 0
         else:
-            event, code = ("PodEvicted", 0) if exit_code == DISRUPTION else ("PodFailed", exit_code)
+            event, code = ("PodEvicted", 0) if exit_code in (DISRUPTION, EVICTED) else ("PodFailed", exit_code)
         action = "SyncJob"
         for policy in self.job["spec"].get("policies", []):
             events = [policy["event"]] if "event" in policy else list(policy.get("events", []))
@@ -258,8 +261,12 @@ class AscendJobOperator:
     template's); env.go setMindSporeEnv (appended to container `ascend`); service.go (the `<job>-scheduler-0`
     ClusterIP Service whose `ascendjob-port` becomes MS_SCHED_PORT); job.go checkSpecStatus/reconcileWithFailed
     (a failed pod fails the job unless the unconditional-retry label is set) and ascendjob_controller.go
-    onPodDeleteFunc (a deleted pod is re-created and raises the job's version, bounded by
-    runPolicy.backoffLimit when above 0)). MindCluster 7.x."""
+    onPodDeleteFunc (a deleted pod is re-created alone and raises the job's version, bounded by the job's limit:
+    runPolicy.backoffLimit, else the `fault-retry-times` label (setFaultRetryTimesToBackoffLimits); 0 or none is
+    unlimited); utils.go 58-77 (a kubelet eviction leaves a Failed pod: a failure, not a deletion); pod.go 772-774
+    (no MS_* variables when the Worker requests no NPU); and MindCluster's unconditional retry
+    (unconditaional_retry.go with ascend-for-volcano: a failed pod reschedules the whole job while
+    `fault-retry-times` allows, counted per restart)). Ascend/mind-cluster 22bb3d9 with kubeflow/common v0.4.3."""
 
     SERVICE_IP = "10.96.0.17"  # the ClusterIP the emulated cluster gives the scheduler Service
 
@@ -281,6 +288,7 @@ class AscendJobOperator:
                     {"name": contract.ASCEND_PORT_NAME, "containerPort": contract.ASCEND_DEFAULT_PORT}
                 )
         self.version = 0
+        self.retries = 0
         self.succeeded: set[str] = set()
 
     def _npus(self, template: Obj) -> int:
@@ -299,7 +307,6 @@ class AscendJobOperator:
         replicas = self.job["spec"]["replicaSpecs"]
         worker = replicas[contract.ASCEND_WORKER]
         per_pod = self._npus(worker["template"])  # getNpuReqInfoPerPod: the Worker's request
-        assert per_pod > 0, "the operator refuses a job whose Worker requests no NPU"
         world = per_pod * worker["replicas"]
         out = []
         for rtype in (contract.ASCEND_SCHEDULER, contract.ASCEND_WORKER):
@@ -315,6 +322,9 @@ class AscendJobOperator:
                 }
                 ascend = next(c for c in spec["containers"] if c["name"] == contract.CONTAINER_NAME)
                 env = ascend.setdefault("env", [])
+                if per_pod == 0:  # pod.go 772-774: the MindSpore variables are skipped, not refused
+                    out.append(Pod(contract.ascend_pod_name(self.name, rtype, index), spec, labels, {}))
+                    continue
                 if rtype == contract.ASCEND_SCHEDULER:
                     env.append(
                         {"name": contract.ENV_SCHED_HOST, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
@@ -345,25 +355,36 @@ class AscendJobOperator:
         if exit_code == 0:
             self.succeeded.add(pod)
             return SUCCEEDED if len(self.succeeded) == total else NOTHING
-        if exit_code == DISRUPTION:  # evicted = deleted: not a failure; the missing index is created again
+        labels = self.job["metadata"]["labels"]
+        retry_times = int(labels.get("fault-retry-times", "0") or 0)
+        limit = self.job["spec"].get("runPolicy", {}).get("backoffLimit", retry_times)
+        if exit_code == DISRUPTION:  # deleted: the missing pod alone is created again, same MS_NODE_RANK
             self.version += 1
-            limit = self.job["spec"].get("runPolicy", {}).get("backoffLimit", -1)
             return FAIL_JOB if limit > 0 and self.version > limit else RECREATE_POD
         rtype = contract.ASCEND_SCHEDULER if "-scheduler-" in pod else contract.ASCEND_WORKER
         policy = self.job["spec"]["replicaSpecs"][rtype]["restartPolicy"]
         if policy == "ExitCode" and exit_code >= 128:  # kubeflow train.IsRetryableExitCode
             return RECREATE_POD
-        if int(self.job["metadata"]["labels"].get("fault-retry-times", "0") or 0) > 0:
-            return RESTART_JOB  # unconditional retry, with MindCluster's Volcano plugin
+        # A failed (or evicted: Failed) pod: with unconditional retry, MindCluster reschedules the whole job.
+        if retry_times > 0:
+            self.retries += 1
+            self.succeeded.clear()
+            return FAIL_JOB if self.retries > retry_times else RESTART_JOB
         return FAIL_JOB
 
 
+EMULATORS: dict[str, type[IndexedJob | VolcanoJob | AscendJobOperator]] = {
+    "job": IndexedJob,
+    "volcano": VolcanoJob,
+    "ascendjob": AscendJobOperator,
+}
+
+
 def emulator(workload: Obj) -> IndexedJob | VolcanoJob | AscendJobOperator:
-    if workload["kind"] == "AscendJob":
-        return AscendJobOperator(workload)
-    if workload["apiVersion"].startswith("batch.volcano.sh"):
-        return VolcanoJob(workload)
-    return IndexedJob(workload)
+    """The emulator of the controller that runs this workload object."""
+    from launcher.workloads import for_object
+
+    return EMULATORS[for_object(workload).backend](workload)
 
 
 @dataclass

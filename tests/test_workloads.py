@@ -1,0 +1,85 @@
+"""The registry of workload kinds (launcher/workloads): complete everywhere a kind is named, and each kind refuses
+the spec values its controller cannot honour, in the launcher and the chart alike."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from convit.jobspec import load_job
+from convit.jobspec.load import JobSpecError
+from convit.jobspec.schema import ClusterSpec
+from launcher.__main__ import main
+from launcher.cli import build_parser
+from launcher.render import render_objects
+from launcher.workloads import BACKENDS, KINDS, for_backend, for_object
+from tests.support.controllers import EMULATORS
+
+CHART_TEMPLATES = Path(__file__).resolve().parents[1] / "charts" / "convit-train" / "templates"
+
+
+def test_every_kind_is_known_to_the_spec_the_cli_the_chart_and_the_emulators() -> None:
+    assert BACKENDS == typing.get_args(ClusterSpec.model_fields["backend"].annotation)
+    backend_flag = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["submit"]._actions if a.dest == "backend"
+    )  # type: ignore[union-attr]
+    assert tuple(backend_flag.choices) == BACKENDS
+    charted = {t.read_text().split("\n", 1)[0] for t in CHART_TEMPLATES.glob("*.yaml")}
+    for backend in BACKENDS:
+        assert f'{{{{- if eq .Values.cluster.backend "{backend}" }}}}' in charted, f"no chart template for {backend}"
+        assert backend in EMULATORS, f"no controller emulator for {backend}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_kind_finds_its_own_rendered_objects(backend: str) -> None:
+    objects = render_objects(load_job("convit_tiny", [f"cluster.backend={backend}", "cluster.pods=3"]))
+    kind = for_object(objects[-1])
+    assert kind is for_backend(backend) is KINDS[backend]
+    assert kind.pods(objects[-1]) == 3
+    assert kind.worker_template(objects[-1]) in kind.pod_templates(objects[-1])
+    assert sum(kind.matches(o) for o in objects) == 1  # the workload only, not its ConfigMap or Service
+
+
+@pytest.mark.parametrize(
+    ("backend", "setting", "complaint"),
+    [
+        ("volcano", "cluster.active_deadline_seconds=3600", "the Volcano Job has no deadline field"),
+        ("ascendjob", "cluster.active_deadline_seconds=3600", "never checks runPolicy.activeDeadlineSeconds"),
+        ("ascendjob", "cluster.backoff_limit=0", "reads a fault-retry-times / backoffLimit of 0 as unlimited"),
+    ],
+)
+def test_values_a_controller_cannot_honour_are_refused_by_launcher_and_chart(
+    backend: str, setting: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_chart import CHART, REPO, helm
+
+    spec = load_job("convit_tiny", [f"cluster.backend={backend}", setting])
+    with pytest.raises(JobSpecError, match=complaint):
+        render_objects(spec)
+    assert main(["render", "convit_tiny", "--backend", backend, "--set", setting]) == 1  # the launcher's user error
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and complaint in err and err.count("\n") == 1
+    chart = helm(
+        "template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"),
+        "--set", f"cluster.backend={backend}", "--set", setting,
+    )  # fmt: skip
+    assert chart.returncode != 0 and complaint in chart.stderr
+
+
+def test_the_job_backend_honours_a_deadline() -> None:
+    job = render_objects(load_job("convit_tiny", ["cluster.active_deadline_seconds=3600"]))[-1]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+
+
+def test_ascendjob_restarts_the_whole_job_stops_survivors_and_has_no_ttl(capsys: pytest.CaptureFixture[str]) -> None:
+    job = render_objects(load_job("convit_tiny", ["cluster.backend=ascendjob", "cluster.backoff_limit=3"]))[-1]
+    labels = job["metadata"]["labels"]
+    assert labels["fault-scheduling"] == "force" and labels["fault-retry-times"] == "3"
+    run_policy = job["spec"]["runPolicy"]
+    assert run_policy["cleanPodPolicy"] == "Running"
+    assert "ttlSecondsAfterFinished" not in run_policy and "backoffLimit" not in run_policy
+    assert main(["render", "convit_tiny", "--backend", "ascendjob"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: cluster.ttl_seconds_after_finished is not rendered on the ascendjob backend")
