@@ -74,7 +74,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, spec, self.lrs)
         self.train_step = build_train_step(self.model, self.optimizer, spec)
         # Before anything compiles: the graphs depend on the LR table's length too (a Parameter of the step).
-        enable_compile_cache(spec, runtime.world_size, lr_table=len(self.lrs))
+        self.compile_cache = enable_compile_cache(
+            spec, runtime.world_size, lr_table=len(self.lrs), rank=runtime.rank, note=self.progress.info
+        )
         staging = Path(os.environ.get(contract.ENV_CACHE_DIR, "/tmp/convit-cache")) / spec.name / f"rank-{runtime.rank}"
         self.checkpoints = CheckpointStore(
             spec.checkpoint.uri, staging, spec.checkpoint.keep_last, spec.checkpoint.keep_best
@@ -246,6 +248,7 @@ class Trainer:
     def validate(self) -> None:
         started = time.monotonic()
         top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
+        self.compile_cache.compiled("eval")  # the first evaluation compiled the eval graph: kept in object storage
         self.last_top1 = top1
         self.curves.validation(self.global_step, top1=top1, top5=top5)
         self.progress.validation(
@@ -298,6 +301,7 @@ class Trainer:
             return self._train(plan)
         finally:
             self.curves.close()  # whatever ended the run, its curves are uploaded
+            self.compile_cache.close()
 
     def _train(self, plan: EpochPlan) -> int:
         import mindspore as ms
@@ -363,6 +367,7 @@ class Trainer:
                     self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
                     self.train_loader.close()
                     return 0
+                self.compile_cache.compiled("step")  # the first step compiled its graphs: kept in object storage
                 if self.global_step >= self.total_steps:
                     break
             if self.epoch_step == 0:  # an epoch just ended
