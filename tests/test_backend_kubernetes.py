@@ -14,12 +14,18 @@ from launcher.__main__ import main
 from launcher.backends.kubernetes import KubernetesBackend
 from launcher.errors import LauncherError
 from launcher.render import render_objects
+from launcher.workloads import KINDS
 from tests.support.fake_apiserver import FakeApiServer, Reply, Request, fake_apiserver, fixture
 from tests.support.k8s_schema import validate
 
 NS = "ml"
 BATCH = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CORE = f"/api/v1/namespaces/{NS}"
+WORKLOAD_PATHS = [
+    (backend, f"/apis/{k.resource.group}/{k.resource.version}/namespaces/{NS}/{k.resource.plural}")
+    for backend, k in KINDS.items()
+]
+JOBSET = f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{NS}/jobsets/convit-tiny"
 
 
 @pytest.fixture()
@@ -34,14 +40,7 @@ def _spec(backend: str = "job"):  # type: ignore[no-untyped-def]
     return load_job("convit_tiny", [f"cluster.backend={backend}", f"cluster.namespace={NS}", "cluster.pods=2"])
 
 
-@pytest.mark.parametrize(
-    ("backend", "workload_path"),
-    [
-        ("job", BATCH),
-        ("volcano", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs"),
-        ("ascendjob", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs"),
-    ],
-)
+@pytest.mark.parametrize(("backend", "workload_path"), WORKLOAD_PATHS)
 def test_submit_creates_exactly_the_rendered_objects(api: FakeApiServer, backend: str, workload_path: str) -> None:
     spec = _spec(backend)
     assert KubernetesBackend(NS).submit(spec) == "convit-tiny"
@@ -201,14 +200,7 @@ def test_pod_index_comes_from_whichever_controller_made_the_pod() -> None:
 WEIGHTS = "s3://ckpt/convit-tiny/checkpoints/step-000187500"
 
 
-@pytest.mark.parametrize(
-    ("backend", "workload_path"),
-    [
-        ("job", BATCH),
-        ("volcano", f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs"),
-        ("ascendjob", f"/apis/mindxdl.gitee.com/v1/namespaces/{NS}/ascendjobs"),
-    ],
-)
+@pytest.mark.parametrize(("backend", "workload_path"), WORKLOAD_PATHS)
 def test_submit_evaluate_creates_the_training_objects_running_convit_evaluate(
     api: FakeApiServer, backend: str, workload_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -424,3 +416,62 @@ def test_an_ascendjob_cannot_be_suspended(api: FakeApiServer, capsys: pytest.Cap
             err.startswith("ERROR: job ml/convit-tiny is an AscendJob, which has no suspend") and err.count("\n") == 1
         )
     assert api.calls("POST") == [] and api.calls("PATCH") == []
+
+
+def test_volcano_resume_that_would_exhaust_max_retry_and_suspend_while_restarting_are_refused(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Volcano counts a resume as a retry (state/aborted.go) and drops an AbortJob sent while Restarting
+    (state/restarting.go): neither command is sent when it could only fail the job or be lost."""
+    volcano = f"/apis/batch.volcano.sh/v1alpha1/namespaces/{NS}/jobs/convit-tiny"
+    aborted = fixture("volcano-job-aborted.json")
+    aborted["spec"]["maxRetry"] = 3
+    aborted["status"]["retryCount"] = 2
+    restarting = fixture("volcano-job-running.json")
+    restarting["status"]["state"]["phase"] = "Restarting"
+    state = {"job": aborted}
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(404, fixture("status-404-job.json")))
+    api.on("GET", volcano, lambda r: Reply(200, state["job"]))
+    assert main(["resume", "convit-tiny", "-n", NS]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("ERROR: job ml/convit-tiny has used 2 of its 2 restarts (maxRetry 3)") and err.count("\n") == 1
+    )
+    state["job"] = restarting
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 1
+    assert "is restarting its pods; Volcano ignores a suspend sent now" in capsys.readouterr().err
+    assert api.calls("POST") == []
+    aborted["status"]["retryCount"] = 1
+    state["job"] = aborted
+    assert main(["resume", "convit-tiny", "-n", NS]) == 0  # 1 + 1 < 3: the resumed job keeps a restart
+    assert [r.body["action"] for r in api.requests if r.method == "POST"] == ["ResumeJob"]
+
+
+def test_jobset_status_suspend_resume_and_delete(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """The JobSet through the generic workload path: found after the Job, Volcano and AscendJob lookups miss,
+    suspended and resumed by a merge patch of spec.suspend, its phase from its conditions and child Job counts."""
+    state = {"jobset": "jobset-running.json"}
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(404, fixture("status-404-job.json")))
+    api.on("GET", JOBSET, lambda r: Reply(200, fixture(state["jobset"])))
+    api.on("GET", f"{CORE}/pods", Reply(200, {"kind": "PodList", "apiVersion": "v1", "items": []}))
+
+    def patch(request: Request) -> Reply:
+        state["jobset"] = "jobset-suspended.json" if request.body["spec"]["suspend"] else "jobset-running.json"
+        return Reply(200, fixture(state["jobset"]))
+
+    api.on("PATCH", JOBSET, patch)
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "job ml/convit-tiny: Running"
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 0
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    assert "job ml/convit-tiny: Suspended" in capsys.readouterr().out
+    assert main(["resume", "convit-tiny", "-n", NS]) == 0
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert [r.body for r in patches] == [{"spec": {"suspend": v}} for v in (True, False)]
+    assert {r.headers["content-type"] for r in patches} == {"application/merge-patch+json"}
+    state["jobset"] = "jobset-failed.json"
+    capsys.readouterr()
+    assert main(["wait", "convit-tiny", "-n", NS, "--timeout", "5"]) == 1
+    api.on("DELETE", JOBSET, Reply(200, {"kind": "Status", "status": "Success"}))
+    assert main(["delete", "convit-tiny", "-n", NS]) == 0
+    assert ("DELETE", JOBSET) in api.calls("DELETE")

@@ -124,7 +124,7 @@ def _worker_pids(state_dir: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        mine = f"CONVIT_CACHE_DIR={state_dir}/cache".encode() in env
+        mine = f"CONVIT_CACHE_DIR={state_dir}/pods/".encode() in env
         if b"convit.train" in cmdline and b"MS_ROLE=MS_WORKER" in env and mine:
             pids.append(int(proc.name))
     return pids
@@ -162,6 +162,9 @@ def test_killed_worker_restarts_the_job_which_ends_with_the_uninterrupted_weight
     assert _wait("killed") == "Succeeded"
     text = log.read_text(errors="replace")
     assert "restarted (1/6)" in text and "resume=step " in text
+    # The restarted pods were new pods: new, empty emptyDirs (cache, home), each removed when its pod ended.
+    state = json.loads((local_home / "killed" / "state.json").read_text())
+    assert state["incarnations"] == 2 and not any((local_home / "killed" / "pods").iterdir())
     capsys.readouterr()
     assert main(["status", "killed", "--local"]) == 0
     assert "restarts 1" in capsys.readouterr().out

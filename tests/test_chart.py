@@ -14,6 +14,7 @@ from convit.cluster import contract
 from convit.jobspec import MODEL_NAMES, load_job
 from convit.jobspec.__main__ import chart_readme, values_schema, values_yaml
 from launcher.render import render_objects
+from launcher.workloads import BACKENDS
 from tests.support.k8s_schema import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,18 +54,20 @@ def normalise(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = obj.get("spec", {})
-    if obj["kind"] == "AscendJob":
-        return [r["template"] for r in spec["replicaSpecs"].values()]
-    if "tasks" in spec:
-        return [t["template"] for t in spec["tasks"]]
-    if "template" in spec:
-        return [spec["template"]]
-    return []
+    """Every object's metadata that carries helm's labels below the top: pod templates, JobSet Job templates."""
+    from launcher.workloads import KINDS
+
+    kind = next((k for k in KINDS.values() if k.matches(obj)), None)
+    if kind is None:
+        return []
+    out = kind.pod_templates(obj)
+    if obj["kind"] == "JobSet":
+        out += [r["template"] for r in obj["spec"]["replicatedJobs"]]
+    return out
 
 
 @pytest.mark.parametrize("recipe", MODEL_NAMES)
-@pytest.mark.parametrize("backend", ["job", "volcano", "ascendjob"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_chart_renders_the_same_objects_as_the_launcher(recipe: str, backend: str) -> None:
     job_file = REPO / "jobs" / f"{recipe}.yaml"
     ours = [normalise(o) for o in render_objects(load_job(str(job_file), [f"cluster.backend={backend}"]))]
@@ -154,8 +157,21 @@ def test_rbac_is_minimal_and_valid() -> None:
         validate(obj)
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs <= {"create", "get", "list", "watch", "delete", "patch"}
-    patchable = {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
-    assert patchable == {"jobs"}  # suspend/resume of the Indexed Job only
+    patchable = {
+        (g, r)
+        for rule in role["rules"]
+        if "patch" in rule["verbs"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert patchable == {("batch", "jobs"), ("jobset.x-k8s.io", "jobsets")}  # suspend/resume through spec.suspend
+    from launcher.workloads import KINDS
+
+    for kind in KINDS.values():  # every workload kind the launcher can submit, and nothing more
+        rule = next(
+            r for r in role["rules"] if kind.resource.group in r["apiGroups"] and kind.resource.plural in r["resources"]
+        )
+        assert {"create", "get", "list", "watch", "delete"} <= set(rule["verbs"]), kind.kind
     assert not any("*" in rule["resources"] or "*" in rule["verbs"] for rule in role["rules"])
     assert {"resources": ["pods/log"], "verbs": ["get"], "apiGroups": [""]} in role["rules"]
     assert "secrets" not in {r for rule in role["rules"] for r in rule["resources"]}

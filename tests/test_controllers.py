@@ -29,6 +29,7 @@ from tests.support.controllers import (
     SUCCEEDED,
     AscendJobOperator,
     IndexedJob,
+    JobSetController,
     VolcanoJob,
     emulator,
     run_pods,
@@ -89,6 +90,35 @@ def test_ascend_operator_pods() -> None:
     plans = [pod_plan(e) for e in (w0, w1)]
     assert [(p.scheduler, p.workers) for p in plans if p] == [(False, tuple(range(8))), (False, tuple(range(8, 16)))]
     assert "huawei.com/Ascend910" not in pods[0].container()["resources"]["limits"]
+
+
+def test_jobset_pods() -> None:
+    objects = _render("jobset", "cluster.pods=2", "cluster.npus_per_pod=8")
+    ctl = JobSetController(objects[-1])
+    pods = ctl.pods()
+    assert [p.hostname for p in pods] == ["tiny-worker-0-0", "tiny-worker-0-1"] and {p.subdomain for p in pods} == {
+        "tiny"
+    }
+    assert ctl.services() == ["tiny-worker-0-0.tiny", "tiny-worker-0-1.tiny"]
+    env = pods[1].env()
+    assert env[contract.INDEXED_INDEX_ENV] == env[contract.ENV_NODE_RANK] == "1"
+    assert env[contract.ENV_SCHED_HOST] == "tiny-worker-0-0.tiny" and env[contract.ENV_SCHED_HOST] in ctl.services()
+    plans = [pod_plan(p.env()) for p in pods]
+    assert [(p.scheduler, p.workers) for p in plans if p] == [(True, tuple(range(8))), (False, tuple(range(8, 16)))]
+    assert pods[0].labels["jobset.sigs.k8s.io/replicatedjob-name"] == contract.JOBSET_REPLICATED_JOB
+
+
+def test_jobset_restart_decisions() -> None:
+    def ctl(limit: int = 1) -> JobSetController:
+        return JobSetController(_render("jobset", "cluster.pods=2", f"cluster.backoff_limit={limit}")[-1])
+
+    c = ctl()
+    assert c.pod_finished(0, 0) == NOTHING and c.pod_finished(1, 0) == SUCCEEDED
+    assert ctl().pod_finished(1, 2) == FAIL_JOB  # PodFailurePolicy -> the bad-job-file rule: FailJobSet
+    for code in (1, 137, DISRUPTION, EVICTED):  # backoffLimit 0: the child Job fails, the whole gang restarts
+        c = ctl()
+        assert [c.pod_finished(1, code), c.pod_finished(0, code)] == [RESTART_JOB, FAIL_JOB]
+    assert ctl(0).pod_finished(0, 1) == FAIL_JOB  # maxRestarts 0: no restart
 
 
 # ---- what each controller does when a pod ends ------------------------------------------------------------------
@@ -183,6 +213,7 @@ CASES = [
     pytest.param("ascendjob", 2, 1, id="ascendjob-scheduler+2x1"),
     pytest.param("volcano", 2, 1, id="volcano-2x1"),
     pytest.param("job", 2, 1, id="indexed-2x1"),
+    pytest.param("jobset", 2, 1, id="jobset-2x1"),
 ]
 
 
@@ -219,7 +250,8 @@ def test_controller_pods_train_to_the_end(
     logs = {r.pod.name: r.text() for r in running}
     assert codes == [0] * len(running), "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
     outcomes = [
-        ctl.pod_finished(r.pod.name if not isinstance(ctl, IndexedJob) else i, 0) for i, r in enumerate(running)
+        ctl.pod_finished(i if isinstance(ctl, (IndexedJob, JobSetController)) else r.pod.name, 0)  # type: ignore[arg-type]
+        for i, r in enumerate(running)
     ]
     assert outcomes[-1] == SUCCEEDED
     rank0 = logs[created[1 if backend == "ascendjob" else 0].name]

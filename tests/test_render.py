@@ -11,18 +11,13 @@ import yaml
 from convit.cluster import contract
 from convit.jobspec import MODEL_NAMES, JobSpecError, load_job
 from launcher.render import render_objects, render_yaml
+from launcher.render.objects import pod_templates
+from launcher.workloads import BACKENDS
 from tests.support.k8s_schema import validate
-
-BACKENDS = ["job", "volcano", "ascendjob"]
 
 
 def _pods(objects: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-    work = objects[-1]
-    if work["kind"] == "AscendJob":
-        return [r["template"]["spec"] for r in work["spec"]["replicaSpecs"].values()]
-    if work["apiVersion"] == "batch/v1":
-        return [work["spec"]["template"]["spec"]]
-    return [t["template"]["spec"] for t in work["spec"]["tasks"]]
+    return [t["spec"] for t in pod_templates(objects[-1])]
 
 
 @pytest.mark.parametrize("recipe", MODEL_NAMES)

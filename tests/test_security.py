@@ -13,6 +13,7 @@ import yaml
 
 from convit.jobspec import load_job
 from launcher.render import render_objects
+from launcher.workloads import BACKENDS
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
@@ -25,10 +26,10 @@ def checkov(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def as_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pod templates of a Volcano Job or AscendJob, as Pods (checkov does not look inside custom kinds)."""
-    spec = obj["spec"]
-    templates = ([t["template"] for t in spec["tasks"]] if "tasks" in spec
-                 else [r["template"] for r in spec.get("replicaSpecs", {}).values()])  # fmt: skip
+    """Pod templates of a custom workload kind, as Pods (checkov does not look inside custom kinds)."""
+    from launcher.render.objects import pod_templates
+
+    templates = pod_templates(obj)
     return [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{obj['metadata']['name']}-{i}",
          "namespace": obj["metadata"]["namespace"], **t["metadata"]}, "spec": t["spec"]}
@@ -36,7 +37,7 @@ def as_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", ["job", "volcano", "ascendjob"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_checkov_passes_on_rendered_manifests(backend: str, tmp_path: Path) -> None:
     objects = render_objects(load_job("convit_small_plus", [f"cluster.backend={backend}"]))
     checked = []

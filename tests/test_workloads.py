@@ -21,7 +21,7 @@ CHART_TEMPLATES = Path(__file__).resolve().parents[1] / "charts" / "convit-train
 
 
 def test_every_kind_is_known_to_the_spec_the_cli_the_chart_and_the_emulators() -> None:
-    assert BACKENDS == typing.get_args(ClusterSpec.model_fields["backend"].annotation)
+    assert typing.get_args(ClusterSpec.model_fields["backend"].annotation) == BACKENDS
     backend_flag = next(
         a for a in build_parser()._subparsers._group_actions[0].choices["submit"]._actions if a.dest == "backend"
     )  # type: ignore[union-attr]
@@ -48,6 +48,8 @@ def test_each_kind_finds_its_own_rendered_objects(backend: str) -> None:
         ("volcano", "cluster.active_deadline_seconds=3600", "the Volcano Job has no deadline field"),
         ("ascendjob", "cluster.active_deadline_seconds=3600", "never checks runPolicy.activeDeadlineSeconds"),
         ("ascendjob", "cluster.backoff_limit=0", "reads a fault-retry-times / backoffLimit of 0 as unlimited"),
+        ("volcano", "cluster.scheduler_name=default-scheduler", "its pods are always placed by volcano"),
+        ("ascendjob", "cluster.scheduler_name=default-scheduler", "its pods are always placed by volcano"),
     ],
 )
 def test_values_a_controller_cannot_honour_are_refused_by_launcher_and_chart(
@@ -83,3 +85,17 @@ def test_ascendjob_restarts_the_whole_job_stops_survivors_and_has_no_ttl(capsys:
     assert main(["render", "convit_tiny", "--backend", "ascendjob"]) == 0
     err = capsys.readouterr().err
     assert err.startswith("note: cluster.ttl_seconds_after_finished is not rendered on the ascendjob backend")
+
+
+def test_scheduler_name_reaches_the_indexed_job_pods_in_launcher_and_chart() -> None:
+    """MindCluster's device plugin (-volcanoType=true) gives NPUs only to pods Volcano placed."""
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    sets = ["cluster.scheduler_name=volcano"]
+    ours = render_objects(load_job("convit_tiny", sets))
+    assert ours[-1]["spec"]["template"]["spec"]["schedulerName"] == "volcano"
+    assert "schedulerName" not in render_objects(load_job("convit_tiny"))[-1]["spec"]["template"]["spec"]
+    theirs = helm_objects(REPO / "jobs" / "convit_tiny.yaml", *sets)
+    assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
+    volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano", *sets]))[-1]
+    assert volcano["spec"]["schedulerName"] == "volcano"

@@ -96,11 +96,19 @@ ASCEND_FRAMEWORK_LABEL = "framework"
 ASCEND_REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"  # kubeflow common labels on the operator's pods
 ASCEND_REPLICA_INDEX_LABELS = ("training.kubeflow.org/replica-index", "replica-index")  # current, deprecated
 
+# JobSet (kubernetes-sigs/jobset 08dfbdf): one replicated Job of Indexed pods; child Job `<jobset>-<rjob>-<i>`
+# (pkg/util/placement GenJobName), pod hostnames `<child job>-<pod index>` under the headless Service `<jobset>`.
+JOBSET_REPLICATED_JOB = "worker"
+
 POD_INDEX_FALLBACKS = (INDEXED_INDEX_ENV, VOLCANO_INDEX_ENV)
 
 
 def indexed_pod_hostname(job: str, index: int) -> str:
     return f"{job}-{index}"
+
+
+def jobset_pod_hostname(jobset: str, replicated_job: str, job_index: int, pod_index: int) -> str:
+    return f"{jobset}-{replicated_job}-{job_index}-{pod_index}"  # GenJobName, then the Indexed Job's hostname
 
 
 def volcano_pod_name(job: str, task: str, index: int) -> str:

@@ -84,7 +84,10 @@ def _rows(schema: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> lis
 def chart_readme() -> str:
     schema = values_schema()
     rows = _rows(schema, schema.get("$defs", {}))
-    return CHART_README_HEAD + "\n".join(["| value | type | default | meaning |", "|---|---|---|---|", *rows]) + "\n"
+    from launcher.workloads import KINDS  # the kinds' one-line summaries, as `--backend` shows them
+
+    backends = "\n".join(f"- `{name}`: {kind.summary}" for name, kind in KINDS.items())
+    return CHART_README_HEAD.replace("{backends}", backends) + "\n".join(["| value | type | default | meaning |", "|---|---|---|---|", *rows]) + "\n"
 
 
 CHART_README_HEAD = """# convit-train Helm chart
@@ -93,16 +96,18 @@ A distributed ConViT training job on Ascend 910 NPUs, from the same job values a
 
     helm install convit-small-plus charts/convit-train -f jobs/convit_small_plus.yaml [--set cluster.pods=4]
 
-`cluster.backend` picks the workload: `job` (an Indexed Job, a headless Service for rank discovery; any cluster),
-`volcano` (a gang-scheduled `batch.volcano.sh/v1alpha1` Job) or `ascendjob` (MindX DL's AscendJob). A ConfigMap
-holds the job file the trainer reads. tests/test_chart.py renders this chart with helm and compares every
-object with `python -m launcher render`.
+`cluster.backend` picks the workload kind (one module each under launcher/workloads/):
+
+{backends}
+
+A ConfigMap holds the job file the trainer reads. tests/test_chart.py renders this chart with helm and compares
+every object with `python -m launcher render`.
 
 ## Permissions
 
 `--set rbac.create=true` creates a ServiceAccount, Role and RoleBinding with what the launcher needs and nothing
-more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs and AscendJobs;
-get/list/watch on Pods; get on pods/log; patch on batch Jobs and create on Volcano Commands (`launcher
+more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs, AscendJobs and JobSets;
+get/list/watch on Pods; get on pods/log; patch on batch Jobs and JobSets and create on Volcano Commands (`launcher
 suspend`/`resume`). It grants nothing on Secrets: the pods read the S3 Secret through
 `secretKeyRef`, which needs no RBAC.
 

@@ -56,8 +56,14 @@ def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(for_object(objects[-1]).worker_template(objects[-1]))
 
 
+def pod_dir(state_dir: Path, index: int, incarnation: int) -> Path:
+    """The emptyDir volumes of one pod incarnation (cache, home): a restarted pod is a new pod and starts with
+    empty ones, as on a cluster, where every restart replaces the pod (restartPolicy Never)."""
+    return state_dir / "pods" / f"pod-{index}-{incarnation}"
+
+
 def pod_process(
-    spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int
+    spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int, incarnation: int = 0
 ) -> tuple[list[str], dict[str, str]]:
     """The command and environment of pod `index`, as the rendered container has them, resolved locally."""
     container = worker_template(objects)["spec"]["containers"][0]
@@ -82,8 +88,8 @@ def pod_process(
             contract.ENV_SCHED_HOST: "127.0.0.1",
             contract.ENV_SCHED_PORT: str(port),
             contract.ENV_DEVICE: "CPU",
-            contract.ENV_CACHE_DIR: str(state_dir / "cache"),
-            "HOME": str(state_dir / "home"),
+            contract.ENV_CACHE_DIR: str(pod_dir(state_dir, index, incarnation) / "cache"),
+            "HOME": str(pod_dir(state_dir, index, incarnation) / "home"),
         }
     )
     env.setdefault("GLOG_v", "3")
@@ -134,7 +140,7 @@ class LocalBackend(Backend):
                 f"python -m launcher delete {spec.name} --local"
             )
         shutil.rmtree(state_dir, ignore_errors=True)
-        (state_dir / "home").mkdir(parents=True)
+        state_dir.mkdir(parents=True)
         (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
         (state_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
         (state_dir / OBJECTS).write_text(json.dumps(objects))
@@ -304,6 +310,7 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
         _write_state(state_dir, state)
 
     restarts = max((int(p.get("restarts", 0)) for p in previous.get("pods", [])), default=0)
+    incarnation = int(previous.get("incarnations", 0))
     if resume:
         for index in range(spec.cluster.pods):
             with open(state_dir / f"pod-{index}.log", "a") as log:
@@ -311,8 +318,12 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
     while True:
         port = _free_port()
         procs = []
+        incarnation += 1
+        state["incarnations"] = incarnation
         for index in range(spec.cluster.pods):
-            command, env = pod_process(spec, objects, index, state_dir, port)
+            for volume in ("cache", "home"):
+                (pod_dir(state_dir, index, incarnation) / volume).mkdir(parents=True, exist_ok=True)
+            command, env = pod_process(spec, objects, index, state_dir, port, incarnation)
             pod_log = open(state_dir / f"pod-{index}.log", "ab")
             procs.append(
                 subprocess.Popen(
@@ -345,6 +356,8 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
         codes = [p.returncode for p in procs]
         for p in procs:  # reap what a killed worker left behind in its pod (data-loader processes)
             _kill_group(p.pid, signal.SIGKILL)
+        for index in range(spec.cluster.pods):  # the pod is gone, and its emptyDirs with it
+            shutil.rmtree(pod_dir(state_dir, index, incarnation), ignore_errors=True)
         for pod, code in zip(state["pods"], codes, strict=True):
             pod["phase"] = "Succeeded" if code == 0 else "Failed"
             pod["exit_code"] = code

@@ -145,6 +145,7 @@ def pod_spec(
     subdomain: str | None = None,
     restart_policy: str | None = "Never",
     ports: list[Obj] | None = None,
+    scheduler_name: str = "",
 ) -> Obj:
     c = spec.cluster
     pod: Obj = {}
@@ -166,6 +167,8 @@ def pod_spec(
     }
     if subdomain:
         pod["subdomain"] = subdomain
+    if scheduler_name:
+        pod["schedulerName"] = scheduler_name
     if c.node_selector and npus:  # the node selector picks NPU servers: a pod without NPUs runs anywhere
         pod["nodeSelector"] = dict(c.node_selector)
     if c.tolerations:
@@ -183,8 +186,17 @@ def pod_template(
     extra_labels: dict[str, str] | None = None,
     restart_policy: str | None = "Never",
     ports: list[Obj] | None = None,
+    scheduler_name: str = "",
 ) -> Obj:
     return {
         "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
-        "spec": pod_spec(spec, env, npus=npus, subdomain=subdomain, restart_policy=restart_policy, ports=ports),
+        "spec": pod_spec(
+            spec,
+            env,
+            npus=npus,
+            subdomain=subdomain,
+            restart_policy=restart_policy,
+            ports=ports,
+            scheduler_name=scheduler_name,
+        ),
     }

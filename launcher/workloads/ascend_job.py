@@ -37,6 +37,7 @@ from launcher.workloads.base import (
     Resource,
     Unsupported,
     Workload,
+    refuse_other_schedulers,
 )
 
 # MindCluster's labels (docs/en/scheduling/api/volcano.md, Table 1)
@@ -66,6 +67,7 @@ class AscendJob(Workload):
     index_labels = contract.ASCEND_REPLICA_INDEX_LABELS
 
     def check(self, spec: JobSpec) -> None:
+        refuse_other_schedulers(spec, self.backend, "volcano")
         c = spec.cluster
         if c.backoff_limit == 0:
             raise Unsupported(

@@ -56,6 +56,15 @@ class Unsupported(JobSpecError):
     """A job spec value this kind's controller cannot honour (exit code 2: retrying cannot help)."""
 
 
+def refuse_other_schedulers(spec: JobSpec, backend: str, scheduler: str) -> None:
+    """For kinds whose controller names the pods' scheduler itself."""
+    if spec.cluster.scheduler_name not in ("", scheduler):
+        raise Unsupported(
+            f"cluster.scheduler_name {spec.cluster.scheduler_name!r} cannot be used on the {backend} backend: its "
+            f"pods are always placed by {scheduler}"
+        )
+
+
 class Workload(abc.ABC):
     """One workload kind. Instances are stateless; the registry holds one of each."""
 

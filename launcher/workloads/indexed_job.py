@@ -87,7 +87,7 @@ class IndexedJob(Workload):
                     },
                 ]
             },
-            "template": pod_template(spec, env, "worker", subdomain=spec.name),
+            "template": pod_template(spec, env, "worker", subdomain=spec.name, scheduler_name=c.scheduler_name),
         }
         if c.active_deadline_seconds:
             job_spec["activeDeadlineSeconds"] = c.active_deadline_seconds

@@ -25,6 +25,7 @@ from launcher.workloads.base import (
     Resource,
     Unsupported,
     Workload,
+    refuse_other_schedulers,
 )
 
 # Volcano's job commands (what `vcctl job suspend/resume` create): pkg/cli/util/util.go CreateJobCommand, called by
@@ -50,6 +51,7 @@ class VolcanoJob(Workload):
     index_annotations = (contract.VOLCANO_INDEX_ANNOTATION,)
 
     def check(self, spec: JobSpec) -> None:
+        refuse_other_schedulers(spec, self.backend, "volcano")
         if spec.cluster.active_deadline_seconds:
             raise Unsupported(
                 "cluster.active_deadline_seconds cannot be honoured on the volcano backend: the Volcano Job has no "

@@ -373,14 +373,107 @@ class AscendJobOperator:
         return FAIL_JOB
 
 
-EMULATORS: dict[str, type[IndexedJob | VolcanoJob | AscendJobOperator]] = {
+class JobSetController:
+    """JobSet controller with its webhook's defaults (kubernetes-sigs/jobset 08dfbdf: pkg/webhooks/jobset_webhook.go
+    Default (enableDNSHostnames and publishNotReadyAddresses true, completionMode Indexed); pkg/controllers/
+    jobset_controller.go constructJob (child Job `<jobset>-<rjob>-<i>` via placement.GenJobName, pod subdomain = the
+    JobSet's name, the jobset.sigs.k8s.io labels) and createHeadlessSvcIfNecessary; failure_policy.go
+    executeFailurePolicy (the first rule matching the failed child Job's reason, else RestartJobSet; RestartJobSet
+    fails the JobSet once status.restarts reached maxRestarts, else recreates every child Job); the child Jobs are
+    the Kubernetes Job controller's (IndexedJob above: podFailurePolicy, backoffLimit; a pod failed by a FailJob rule
+    fails its Job with reason PodFailurePolicy, more failed pods than backoffLimit with BackoffLimitExceeded)."""
+
+    def __init__(self, jobset: Obj) -> None:
+        assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and jobset["kind"] == "JobSet"
+        self.jobset = json.loads(json.dumps(jobset))
+        self.name = jobset["metadata"]["name"]
+        network = self.jobset["spec"].setdefault("network", {})
+        network.setdefault("enableDNSHostnames", True)
+        network.setdefault("publishNotReadyAddresses", True)
+        self.subdomain = network.get("subdomain") or self.name
+        self.restarts = 0
+        self.failed: dict[str, int] = {}
+        self.succeeded: set[int] = set()
+
+    def _rjob(self) -> Obj:
+        (rjob,) = self.jobset["spec"]["replicatedJobs"]  # ours has one
+        return dict(rjob)
+
+    def pods(self) -> list[Pod]:
+        rjob = self._rjob()
+        out = []
+        for job_index in range(rjob["replicas"]):
+            job_name = f"{self.name}-{rjob['name']}-{job_index}"  # placement.GenJobName
+            child = {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": job_name},
+                "spec": {**rjob["template"]["spec"], "completionMode": "Indexed"},
+            }
+            if self.jobset["spec"]["network"]["enableDNSHostnames"]:
+                child["spec"]["template"]["spec"]["subdomain"] = self.subdomain
+            for pod in IndexedJob(child).pods():
+                pod.labels |= {
+                    "jobset.sigs.k8s.io/jobset-name": self.name,
+                    "jobset.sigs.k8s.io/replicatedjob-name": rjob["name"],
+                    "jobset.sigs.k8s.io/job-index": str(job_index),
+                    "jobset.sigs.k8s.io/restart-attempt": str(self.restarts),
+                }
+                out.append(pod)
+        return out
+
+    def services(self) -> list[str]:
+        """The pods' addresses through the JobSet's headless Service `<subdomain>`."""
+        return [f"{p.hostname}.{p.subdomain}" for p in self.pods() if p.subdomain == self.subdomain]
+
+    def pod_finished(self, index: int, exit_code: int) -> str:
+        rjob = self._rjob()
+        child = rjob["template"]["spec"]
+        if exit_code == 0:
+            self.succeeded.add(index)
+            return SUCCEEDED if len(self.succeeded) == child["completions"] * rjob["replicas"] else NOTHING
+        reason = None
+        for rule in child.get("podFailurePolicy", {}).get("rules", []):
+            if exit_code in (DISRUPTION, EVICTED):
+                if any(c["type"] == "DisruptionTarget" for c in rule.get("onPodConditions", [])):
+                    reason = "PodFailurePolicy" if rule["action"] == "FailJob" else "ignored"
+                    break
+                continue
+            codes = rule.get("onExitCodes")
+            if codes and (exit_code in codes["values"]) == (codes["operator"] == "In"):
+                reason = "PodFailurePolicy" if rule["action"] == "FailJob" else "ignored"
+                break
+        if reason == "ignored":
+            return RECREATE_POD
+        if reason is None:  # counted against the child Job's backoffLimit
+            self.failed["job"] = self.failed.get("job", 0) + 1
+            if self.failed["job"] <= child.get("backoffLimit", 6):
+                return RECREATE_POD
+            reason = "BackoffLimitExceeded"
+        policy = self.jobset["spec"].get("failurePolicy")
+        if policy is None:
+            return FAIL_JOB  # no failure policy: any failed child Job fails the JobSet
+        action = next(
+            (r["action"] for r in policy.get("rules", []) if reason in r.get("onJobFailureReasons", [reason])),
+            "RestartJobSet",
+        )
+        if action == "FailJobSet" or self.restarts >= policy.get("maxRestarts", 0):
+            return FAIL_JOB
+        self.restarts += 1
+        self.failed.clear()
+        self.succeeded.clear()
+        return RESTART_JOB
+
+
+EMULATORS: dict[str, type[IndexedJob | VolcanoJob | AscendJobOperator | JobSetController]] = {
     "job": IndexedJob,
     "volcano": VolcanoJob,
     "ascendjob": AscendJobOperator,
+    "jobset": JobSetController,
 }
 
 
-def emulator(workload: Obj) -> IndexedJob | VolcanoJob | AscendJobOperator:
+def emulator(workload: Obj) -> IndexedJob | VolcanoJob | AscendJobOperator | JobSetController:
     """The emulator of the controller that runs this workload object."""
     from launcher.workloads import for_object
 
@@ -392,6 +485,7 @@ class RunningPod:
     pod: Pod
     proc: subprocess.Popen[bytes]
     log: Path
+    root: Path | None = None  # where its emptyDirs live
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -405,49 +499,60 @@ def run_pods(
     config_maps: dict[str, dict[str, str]] | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> list[RunningPod]:
-    """Start each pod's container as the kubelet would: its command and args, its resolved environment, its
-    ConfigMap volume as files, its emptyDirs as directories. Departures, all local: every address of the
-    emulated cluster (`addresses`, pod IPs) is 127.0.0.1; CONVIT_DEVICE is CPU; this machine's environment
-    stands in for the image's (PATH, the Python with the package) and for the S3 Secret; `extra_env` is added
-    last (the tests use it for MindSpore's compile cache, which the image may hold warm too)."""
+    """Start each pod's container as the kubelet would (start_pod), all at once."""
+    return [
+        start_pod(pod, objects, addresses, workdir / pod.name, workdir / f"{pod.name}.log", config_maps, extra_env)
+        for pod in pods
+    ]
+
+
+def start_pod(
+    pod: Pod,
+    objects: list[Obj],
+    addresses: list[str],
+    root: Path,
+    log: Path,
+    config_maps: dict[str, dict[str, str]] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> RunningPod:
+    """Start a pod's container as the kubelet would: its command and args, its resolved environment, its
+    ConfigMap volume as files, its emptyDirs as new directories under `root` (a new pod: a new root). Departures,
+    all local: every address of the emulated cluster (`addresses`, pod IPs) is 127.0.0.1; CONVIT_DEVICE is CPU;
+    this machine's environment stands in for the image's (PATH, the Python with the package) and for the S3
+    Secret; `extra_env` is added last."""
     config = next(o for o in objects if o["kind"] == "ConfigMap")
-    running = []
-    for pod in pods:
-        root = workdir / pod.name
-        mounts: dict[str, Path] = {}
-        for volume, mount in _mounts(pod):
-            path = root / mount["mountPath"].lstrip("/")
-            path.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume:
-                assert volume["configMap"]["name"] == config["metadata"]["name"]
-                for key, text in config["data"].items():
-                    (path / key).write_text(text)
-            mounts[mount["mountPath"]] = path
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "VC_", "VK_", "JOB_COMPLETION"))}
-        for name, value in pod.env(config_maps).items():
-            env[name] = LOCAL_IP if value in addresses else _remap(value, mounts)
-        env[contract.ENV_DEVICE] = "CPU"
-        env["GLOG_v"] = "3"
-        env.update(extra_env or {})
-        container = pod.container()
-        command = [sys.executable if part == "python" else part for part in container["command"]]
-        args = [_remap(a, mounts) for a in container.get("args", [])]
-        log = workdir / f"{pod.name}.log"
-        handle = open(log, "wb")
-        workdir_in_pod = root / "work"  # the image's WORKDIR: MindSpore writes its rank_*/ dumps there
-        workdir_in_pod.mkdir(parents=True, exist_ok=True)
-        env["PYTHONPATH"] = str(REPO)  # the image has the package installed; here it is this checkout
-        proc = subprocess.Popen(
-            [*command, *args],
-            env=env,
-            cwd=workdir_in_pod,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
-        running.append(RunningPod(pod, proc, log))
-    return running
+    mounts: dict[str, Path] = {}
+    for volume, mount in _mounts(pod):
+        path = root / mount["mountPath"].lstrip("/")
+        path.mkdir(parents=True, exist_ok=True)
+        if "configMap" in volume:
+            assert volume["configMap"]["name"] == config["metadata"]["name"]
+            for key, text in config["data"].items():
+                (path / key).write_text(text)
+        mounts[mount["mountPath"]] = path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "VC_", "VK_", "JOB_COMPLETION"))}
+    for name, value in pod.env(config_maps).items():
+        env[name] = LOCAL_IP if value in addresses else _remap(value, mounts)
+    env[contract.ENV_DEVICE] = "CPU"
+    env["GLOG_v"] = "3"
+    env.update(extra_env or {})
+    container = pod.container()
+    command = [sys.executable if part == "python" else part for part in container["command"]]
+    args = [_remap(a, mounts) for a in container.get("args", [])]
+    handle = open(log, "ab")
+    workdir_in_pod = root / "work"  # the image's WORKDIR: MindSpore writes its rank_*/ dumps there
+    workdir_in_pod.mkdir(parents=True, exist_ok=True)
+    env["PYTHONPATH"] = str(REPO)  # the image has the package installed; here it is this checkout
+    proc = subprocess.Popen(
+        [*command, *args],
+        env=env,
+        cwd=workdir_in_pod,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    handle.close()
+    return RunningPod(pod, proc, log, root)
 
 
 def _mounts(pod: Pod) -> list[tuple[Obj, Obj]]:

@@ -21,10 +21,40 @@ def _pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [t["template"] for t in spec["tasks"]]
 
 
+def pruned(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """The fields of `obj` an API server would silently drop under this structural CRD schema (no
+    additionalProperties, no x-kubernetes-preserve-unknown-fields): a rendered field there is a typo or a field the
+    installed version does not have."""
+    out: list[str] = []
+    if isinstance(obj, dict) and schema.get("type") == "object":
+        if schema.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in schema:
+            return out
+        properties = schema.get("properties", {})
+        for key, value in obj.items():
+            if key not in properties:
+                out.append(f"{path}.{key}")
+            else:
+                out += pruned(value, properties[key], f"{path}.{key}")
+    elif isinstance(obj, list) and "items" in schema:
+        for i, item in enumerate(obj):
+            out += pruned(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
 def validate(obj: dict[str, Any]) -> None:
     """Raise if `obj` is not valid for its kind."""
     if obj["apiVersion"] in ("v1", "batch/v1", "rbac.authorization.k8s.io/v1"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        return
+    if obj["kind"] == "JobSet":  # the upstream CRD's schema; each child Job against the official Job schema
+        schema = json.loads((SCHEMAS / "jobset.schema.json").read_text())
+        jsonschema.validate(obj, schema)
+        dropped = pruned({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema)
+        if dropped:
+            raise jsonschema.ValidationError(f"fields the API server would prune: {dropped}")
+        for rjob in obj["spec"]["replicatedJobs"]:
+            child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "t"}, **rjob["template"]}
+            kubernetes_validate.validate(child, K8S_VERSION, strict=True)
         return
     name = "volcano-job" if obj["apiVersion"].startswith("batch.volcano.sh") else "ascendjob"
     jsonschema.validate(obj, json.loads((SCHEMAS / f"{name}.schema.json").read_text()))

@@ -165,6 +165,9 @@ spec:
   {{- with .subdomain }}
   subdomain: {{ . | quote }}
   {{- end }}
+  {{- with .schedulerName }}
+  schedulerName: {{ . | quote }}
+  {{- end }}
   {{- if .npus }}
   {{- with $c.node_selector }}
   nodeSelector:

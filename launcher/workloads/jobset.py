@@ -1,0 +1,151 @@
+"""JobSet (`jobset.x-k8s.io/v1alpha2`): one replicated Job of `pods` Indexed pods, restarted as a whole gang.
+
+Controller facts (kubernetes-sigs/jobset 08dfbdf): the child Job is `<jobset>-<replicatedjob>-<i>`
+(pkg/util/placement GenJobName) and, with network.enableDNSHostnames (the webhook's default), its pods get the
+hostnames `<child job>-<pod index>` under a headless Service named after the JobSet (jobset_controller.go
+constructJob, createHeadlessSvcIfNecessary). A failed child Job is matched against failurePolicy.rules in order
+(failure_policy.go); with no matching rule the JobSet restarts: every child Job is deleted and created again
+(status.restarts + 1, counted against maxRestarts; ReachedMaxRestarts fails the JobSet). Our child Job has
+backoffLimit 0, so any failed pod fails it and restarts the gang, and its podFailurePolicy fails it with the reason
+PodFailurePolicy on exit code 2 (a bad job file), which the rule `bad-job-file` turns into FailJobSet.
+restartStrategy BlockingRecreate: the new pods are created only once every old pod is gone, so no new rank ever
+meets the old cluster. spec.suspend suspends the child Jobs (their pods get SIGTERM). The JobSet has no deadline of
+its own (a child Job's activeDeadlineSeconds would restart with every recreation): refused.
+"""
+
+from __future__ import annotations
+
+from convit.cluster import contract
+from convit.jobspec import JobSpec
+from launcher.render.common import cluster_env, metadata, pod_template
+from launcher.workloads.base import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    SUSPENDING,
+    ClusterApi,
+    Obj,
+    Resource,
+    Unsupported,
+    Workload,
+)
+from launcher.workloads.indexed_job import COMPLETION_INDEX, NEVER_RETRY_EXIT_CODES
+
+BAD_JOB_FILE_RULE = "bad-job-file"
+POD_FAILURE_POLICY_REASON = "PodFailurePolicy"  # the child Job's failure reason when a FailJob rule matched
+POD_NAME_MAX = 63  # pod names are DNS-1035 labels; the webhook checks the longest one with a 5-character suffix
+
+
+class JobSetWorkload(Workload):
+    backend = "jobset"
+    kind = "JobSet"
+    resource = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets")
+    summary = "JobSet (JobSet controller 0.8+; every pod recreated together on a failure)"
+    suspendable = True
+    index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
+    index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
+
+    def check(self, spec: JobSpec) -> None:
+        c = spec.cluster
+        if c.active_deadline_seconds:
+            raise Unsupported(
+                "cluster.active_deadline_seconds cannot be honoured on the jobset backend: a JobSet has no deadline "
+                "and a child Job's would start again with every restart; use the job backend, or set it to 0"
+            )
+        longest = contract.jobset_pod_hostname(spec.name, contract.JOBSET_REPLICATED_JOB, 0, c.pods - 1) + "-abcde"
+        if len(longest) > POD_NAME_MAX:
+            raise Unsupported(
+                f"job name {spec.name!r} is too long for {c.pods} pods on the jobset backend: the pod name "
+                f"{longest!r} would exceed {POD_NAME_MAX} characters"
+            )
+
+    def objects(self, spec: JobSpec) -> list[Obj]:
+        c = spec.cluster
+        rjob = contract.JOBSET_REPLICATED_JOB
+        sched_host = f"{contract.jobset_pod_hostname(spec.name, rjob, 0, 0)}.{spec.name}"
+        env = [
+            {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+            *cluster_env(spec, sched_host),
+        ]
+        child: Obj = {
+            "completionMode": "Indexed",
+            "completions": c.pods,
+            "parallelism": c.pods,
+            "backoffLimit": 0,  # one failed pod fails the child Job, and the JobSet restarts every pod
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": contract.CONTAINER_NAME,
+                            "operator": "In",
+                            "values": list(NEVER_RETRY_EXIT_CODES),
+                        },
+                    }
+                ]
+            },
+            "template": pod_template(spec, env, "worker", scheduler_name=c.scheduler_name),
+        }
+        jobset_spec: Obj = {
+            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+            "failurePolicy": {
+                "maxRestarts": c.backoff_limit,
+                "restartStrategy": "BlockingRecreate",
+                "rules": [
+                    {
+                        "name": BAD_JOB_FILE_RULE,
+                        "action": "FailJobSet",
+                        "onJobFailureReasons": [POD_FAILURE_POLICY_REASON],
+                    }
+                ],
+            },
+            "successPolicy": {"operator": "All", "targetReplicatedJobs": [rjob]},
+            "replicatedJobs": [
+                {
+                    "name": rjob,
+                    "replicas": 1,
+                    "template": {"metadata": {"labels": metadata(spec, spec.name, "worker")["labels"]}, "spec": child},
+                }
+            ],
+        }
+        if c.ttl_seconds_after_finished:
+            jobset_spec["ttlSecondsAfterFinished"] = c.ttl_seconds_after_finished
+        return [
+            {
+                "apiVersion": self.resource.api_version,
+                "kind": self.kind,
+                "metadata": metadata(spec, spec.name, "worker"),
+                "spec": jobset_spec,
+            }
+        ]
+
+    def pod_templates(self, obj: Obj) -> list[Obj]:
+        return [rjob["template"]["spec"]["template"] for rjob in obj["spec"]["replicatedJobs"]]
+
+    def phase(self, obj: Obj) -> str:
+        status = obj.get("status") or {}
+        true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+        if "Completed" in true:
+            return SUCCEEDED
+        if "Failed" in true:
+            return FAILED
+        active = sum(int(r.get("active") or 0) for r in status.get("replicatedJobsStatus") or [])
+        if (obj.get("spec") or {}).get("suspend"):
+            return SUSPENDED if "Suspended" in true and not active else SUSPENDING
+        return RUNNING if active else PENDING
+
+    def pods(self, obj: Obj) -> int:
+        rjobs = (obj.get("spec") or {}).get("replicatedJobs") or []
+        return int(sum(int(r.get("replicas", 1)) * int(r["template"]["spec"].get("completions") or 1) for r in rjobs))
+
+    def suspend(self, api: ClusterApi, obj: Obj) -> None:
+        """spec.suspend=true: the controller suspends the child Jobs, whose pods get SIGTERM (rank 0 checkpoints)."""
+        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
+
+    def resume(self, api: ClusterApi, obj: Obj) -> None:
+        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
+
+
+WORKLOAD = JobSetWorkload()

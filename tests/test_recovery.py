@@ -1,0 +1,136 @@
+"""Recovery under each controller's real lifecycle: a 2-pod job trained on the CPU under the emulated controller
+(tests/support/controllers.py, written from each controller's source), faults injected at chosen moments
+(tests/support/lifecycle.py), and the controller's decision carried out as it would be: the failed index replaced
+alone (Indexed Job), every pod recreated (Volcano, MindCluster's rescheduling of an AscendJob), or the job failed.
+
+Each run must end as the uninterrupted run does, bit for bit, after the restarts the controller's rules predict,
+and without waiting on a MindSpore timeout: a lost peer ends every pod promptly (convit/cluster/supervisor.py).
+Every restarted pod is a new pod with empty emptyDirs; its compiled graphs come from object storage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convit.jobspec import load_job
+from launcher.render import render_objects
+from tests.support.controllers import RECREATE_POD, RESTART_JOB, SUCCEEDED, emulator
+from tests.support.lifecycle import Fault, Lifecycle, Outcome
+from tests.support.s3server import free_port
+from tests.support.trainrun import SMALL_RUN, make_sample
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+# The seconds a survivor may take to notice a lost peer and end its pod, far below cluster_timeout (MS_TOPO_TIMEOUT)
+PROMPT = 60.0
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("sample")
+    make_sample(f"file://{root}", 4, 6, 1)  # 24 training images: 3 steps per epoch at a global batch of 8
+    return f"file://{root}"
+
+
+def _objects(backend: str, sample: str, out: Path, *sets: str) -> list[dict]:  # type: ignore[type-arg]
+    spec = load_job(
+        "convit_tiny",
+        [
+            f"cluster.backend={backend}",
+            "name=rec",
+            "cluster.pods=2",
+            "cluster.npus_per_pod=1",
+            "cluster.backoff_limit=2",
+            f"cluster.master_port={free_port()}",
+            "cluster.cluster_timeout=300",
+            f"data.uri={sample}",
+            "data.layout=imagefolder",
+            f"checkpoint.uri=file://{out}",
+            "checkpoint.interval_steps=2",
+            f"train.max_steps={STEPS}",
+            "train.amp_level=O0",
+            *SMALL_RUN,
+            *sets,
+        ],
+    )
+    return render_objects(spec)
+
+
+def _run(backend: str, sample: str, tmp: Path, faults: list[Fault], timeout: float = 900) -> tuple[Outcome, Path]:
+    out = tmp / "ckpt"
+    objects = _objects(backend, sample, out)
+    outcome = Lifecycle(emulator(objects[-1]), objects, tmp / "pods").run(faults, timeout)
+    return outcome, out
+
+
+def _weights(out: Path) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    path = out / "checkpoints" / f"step-{STEPS:09d}" / "weights.ckpt"
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+@pytest.fixture(scope="module")
+def straight(sample: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The uninterrupted run (the same for every controller: 2 ranks, the same recipe)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    outcome, out = _run("job", sample, tmp, [])
+    assert outcome.result == SUCCEEDED, outcome.report()
+    return _weights(out)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _prompt(outcome: Outcome) -> None:
+    """After the fault, every pod of the broken cluster ended within PROMPT seconds (no timeout waits)."""
+    fault = outcome.fault_times[0]
+    first_round = [e for e in outcome.events if e.seconds >= fault][:2]
+    assert all(e.seconds - fault < PROMPT for e in first_round), outcome.report()
+
+
+# rank 0's pod: position 0 for the Indexed and Volcano Jobs, 1 for the AscendJob (the Scheduler pod is 0)
+SAVED = "checkpoint step 2 saved"
+
+
+def test_indexed_job_replaces_each_failed_index_and_the_gang_reforms(
+    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL of rank 1: the Job controller replaces index 1 alone; rank 0 loses its peer and its pod fails too,
+    so index 0 is replaced as well and the new pair forms a new cluster from the step-2 checkpoint."""
+    outcome, out = _run("job", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)])
+    assert outcome.result == SUCCEEDED, outcome.report()
+    replaced = {e.pod for e in outcome.events if e.decision == RECREATE_POD}
+    assert len(replaced) == 2, outcome.report()  # both indexes: the whole gang restarted
+    assert len([e for e in outcome.events if e.decision == RECREATE_POD]) <= 4  # backoffLimit 2 x 2 pods
+    _prompt(outcome)
+    assert _same(_weights(out), straight), "the recovered job diverged from the uninterrupted one"
+
+
+def test_volcano_restarts_the_job_once_when_the_scheduler_dies(
+    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL of the MindSpore scheduler process (in pod 0): the cluster is lost, a pod fails, Volcano's
+    PodFailed -> RestartJob recreates every pod, once."""
+    outcome, out = _run("volcano", sample, tmp_path, [Fault(0, SAVED, "kill-scheduler")])
+    assert outcome.result == SUCCEEDED, outcome.report()
+    assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
+    _prompt(outcome)
+    assert _same(_weights(out), straight)
+
+
+def test_ascendjob_is_rescheduled_whole_when_a_worker_dies(
+    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL of rank 0 (Worker pod 0): without MindCluster's fault-retry-times the AscendJob would fail here;
+    with it, the whole job is rescheduled once."""
+    outcome, out = _run("ascendjob", sample, tmp_path, [Fault(1, SAVED, "kill-worker", 0)])
+    assert outcome.result == SUCCEEDED, outcome.report()
+    assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
+    _prompt(outcome)
+    assert _same(_weights(out), straight)
