@@ -19,6 +19,12 @@ class UsageError(ConvitError):
     exit_code = 2
 
 
+# A lost peer: a rank, or the MindSpore scheduler, of the job died or stopped answering. Nothing is wrong with the job
+# itself: the pod exits with this code so that its controller restarts the job from its last checkpoint (any code
+# but 2 is retried by the rendered failure policies). 75 is EX_TEMPFAIL of sysexits.h, "a temporary failure".
+LOST_PEER_EXIT = 75
+
+
 def cli_boundary(body: Callable[[], int], *, exit_code: int | None = None) -> int:
     """Run a command's body: its exit code; a ConvitError is one `ERROR:` line and `exit_code` (default: the
     error's own), never a traceback; Ctrl-C is 130, as shells report it."""

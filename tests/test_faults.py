@@ -1,9 +1,11 @@
 """Faults on the CPU with a real S3 server process: storage outages and request failures while training,
-and a rank that never joins the cluster."""
+a rank that never joins the cluster, and a rank lost mid-training (in its own pod, or in another)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -112,3 +114,96 @@ def test_a_rank_that_never_joins_fails_the_job_with_its_name(s3_data: str, s3: d
     assert code != 0 and time.monotonic() - started < 200
     errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
     assert errors and "did not form" in errors[0] and "rank 1" in errors[0], text[-3000:]
+
+
+def _worker_pid(supervisor: int, node_id: int) -> int:
+    """The pid of the worker with this MindSpore node id among a pod supervisor's children."""
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0") if ppid == supervisor else []
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"MS_ROLE=MS_WORKER" in env and f"MS_NODE_ID={node_id}".encode() in env:
+            return int(proc.name)
+    raise AssertionError(f"no worker with node id {node_id} under pid {supervisor}")
+
+
+def _after_first_step(cache: Path, node_id: int, runs: list[PodRun], timeout: float = 400) -> None:
+    """Wait until the worker recorded its first finished step for its pod supervisor (PodState)."""
+    deadline = time.monotonic() + timeout
+    while not list(cache.glob(f"pod-state-*/step-{node_id}")):
+        for run in runs:
+            assert run.proc.poll() is None, run.text()[-3000:]
+        assert time.monotonic() < deadline, runs[0].text()[-3000:]
+        time.sleep(0.2)
+
+
+def _lost_peer_args(tmp_path: Path) -> list[str]:
+    data = f"file://{tmp_path}/data"
+    make_sample(data, 4, 8, 1)
+    sets = [*SETS, f"data.uri={data}", f"checkpoint.uri=file://{tmp_path}/ckpt", "train.epochs=20"]
+    return ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
+
+
+def test_a_killed_rank_ends_its_pod_at_once_with_one_line(tmp_path: Path) -> None:
+    """Rank 1 of a 2-worker pod (not the first worker) is SIGKILLed after a step: the pod ends within seconds with a
+    retriable code and one line naming rank 1, instead of waiting for MindSpore's timeouts and a traceback."""
+    from convit.errors import LOST_PEER_EXIT
+
+    cache = tmp_path / "cache"
+    env = pod_env(1, 2, 0, free_port(), {"CONVIT_CACHE_DIR": str(cache)})
+    run = PodRun(_lost_peer_args(tmp_path), env, tmp_path / "pod.log")
+    try:
+        _after_first_step(cache, 1, [run])
+        os.kill(_worker_pid(run.proc.pid, 1), signal.SIGKILL)
+        killed = time.monotonic()
+        code = run.wait(120)
+        took = time.monotonic() - killed
+    finally:
+        if run.proc.poll() is None:
+            run.kill_group()
+    text = run.text()
+    errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
+    print(f"the pod ended {took:.1f}s after the kill with exit code {code}: {errors}")
+    assert code == LOST_PEER_EXIT and took < 30, (code, took, text[-3000:])
+    assert len(errors) == 1 and errors[0].startswith("ERROR: pod 0 lost rank 1 (killed by SIGKILL) after step "), text
+    assert "Traceback" not in text
+
+
+def test_a_rank_lost_in_another_pod_ends_every_pod_with_one_line(tmp_path: Path) -> None:
+    """Two pods of one worker each (pod 0 also runs the scheduler): pod 1's worker is SIGKILLed. Pod 1 ends at once;
+    pod 0 learns it from MindSpore's scheduler (no heartbeat for MS_NODE_TIMEOUT, 10 s here) and ends with one line.
+    The CPU collectives' own timeout (MS_CPU_COMM_OP_TIMEOUT, default MS_NODE_TIMEOUT) stays long: it must outlast
+    the ranks' difference in graph compile time on this shared machine."""
+    from convit.errors import LOST_PEER_EXIT
+
+    args = _lost_peer_args(tmp_path)
+    port = free_port()
+    timeouts = {"MS_NODE_TIMEOUT": "10", "MS_CPU_COMM_OP_TIMEOUT": "120"}
+    runs = [
+        PodRun(
+            args,
+            pod_env(2, 1, i, port, {"CONVIT_CACHE_DIR": str(tmp_path / f"cache{i}"), **timeouts}),
+            tmp_path / f"pod{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        _after_first_step(tmp_path / "cache1", 1, runs)
+        os.kill(_worker_pid(runs[1].proc.pid, 1), signal.SIGKILL)
+        killed = time.monotonic()
+        codes = [run.wait(120) for run in runs]
+        took = time.monotonic() - killed
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.kill_group()
+    texts = [run.text() for run in runs]
+    errors = [[line for line in text.splitlines() if line.startswith("ERROR:")] for text in texts]
+    print(f"both pods ended {took:.1f}s after the kill with exit codes {codes}: {errors}")
+    assert codes == [LOST_PEER_EXIT, LOST_PEER_EXIT] and took < 40, (codes, took, texts[0][-3000:])
+    assert len(errors[1]) == 1 and errors[1][0].startswith("ERROR: pod 1 lost rank 1 (killed by SIGKILL) after step ")
+    assert len(errors[0]) == 1 and errors[0][0].startswith("ERROR: pod 0: lost "), texts[0][-3000:]
+    assert "restarts the job" in errors[0][0]
+    assert not any("Traceback" in text for text in texts)

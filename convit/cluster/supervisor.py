@@ -10,24 +10,44 @@ What a pod runs depends on who started it (see contract.py for the controllers' 
 - a process that already has its MS_NODE_ID, or runs outside a pod (no MS_LOCAL_WORKER), trains by itself.
 
 Workers inherit stdout and stderr (rank 0 prints progress; the others print only warnings and errors). SIGTERM is
-forwarded so that rank 0 can write its last checkpoint; when one worker fails, the others are stopped and the pod
-fails, so the job's restart policy restarts it from its checkpoint instead of leaving ranks hanging in a collective.
+forwarded so that rank 0 can write its last checkpoint. Every process of the pod is polled every tick: when a worker
+dies (non-zero exit or a signal), or the scheduler dies while workers still run, the supervisor prints one line
+naming the pod, the rank (its MindSpore node id), how it ended and the last step it finished, stops the others
+(SIGTERM, STOP_GRACE_S, then SIGKILL) and fails the pod with LOST_PEER_EXIT (a signal) or the process's own code, so
+that the job's restart policy restarts it from its checkpoint instead of leaving ranks hanging in a collective.
+The processes leave their last step and their own report of a lost peer in a directory of the pod's (PodState in
+convit/train/progress.py), so a pod says what it lost in one line, however many of its processes noticed.
+
+A rank lost in another pod is noticed by MindSpore itself (measured with 2.10 on the CPU): the scheduler declares a
+rank dead when its heartbeats stop for MS_NODE_TIMEOUT (default 30 s; its init() raises within 5 s more), a CPU
+collective waiting for a dead peer fails after MS_CPU_COMM_OP_TIMEOUT (default: MS_NODE_TIMEOUT, then 30 s) and the
+RuntimeError reaches Python about 3 s later, and a worker that loses the scheduler retries its heartbeat for about
+20 s, then SIGTERMs itself (a handler installed in Python runs only once the blocked collective returns). The
+trainer turns that RuntimeError into its one line (convit/train/loop.py), the scheduler names the rank it lost
+(convit/train/runtime.py), and both exit at once with LOST_PEER_EXIT: MindSpore's exit-time finalization would wait
+for the lost peer first.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from convit.cluster import contract
-from convit.errors import ConvitError
+from convit.errors import LOST_PEER_EXIT, ConvitError
+from convit.train.progress import ENV_POD_STATE, SCHEDULER, lost_report, recorded_step
+
+STOP_GRACE_S = 10.0  # what the other processes of a pod that lost one get after SIGTERM, before SIGKILL
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -133,36 +153,109 @@ def supervise(argv: list[str], environ: Mapping[str, str] | None = None, module:
     env = dict(os.environ if environ is None else environ)
     base = {**env, contract.ENV_WORLD: str(plan.world), contract.ENV_NODE_RANK: str(plan.pod)}
     command = [sys.executable, "-m", module, *argv]
-    scheduler = subprocess.Popen(command, env=scheduler_env(base)) if plan.scheduler else None
-    workers = [subprocess.Popen(command, env=worker_env(base, plan.pod, plan.local, i)) for i in range(plan.local)]
+    state = pod_state_dir(env)
+    base[ENV_POD_STATE] = str(state)
+    try:
+        scheduler = subprocess.Popen(command, env=scheduler_env(base)) if plan.scheduler else None
+        workers = [subprocess.Popen(command, env=worker_env(base, plan.pod, plan.local, i)) for i in range(plan.local)]
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for child in workers:
-            if child.poll() is None:
-                child.send_signal(signum)
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            for child in workers:
+                if child.poll() is None:
+                    child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    failed = 0
-    while any(w.poll() is None for w in workers):
-        time.sleep(0.5)
-        codes = [w.returncode for w in workers if w.returncode not in (None, 0)]
-        if codes and not failed:
-            failed = codes[0]
-            print(f"ERROR: a worker of pod {plan.pod} exited with code {failed}; stopping the pod", file=sys.stderr)
-            for w in workers:
-                if w.poll() is None:
-                    w.terminate()
-            deadline = time.monotonic() + 30
-            while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        return watch(plan.pod, dict(zip(plan.workers, workers, strict=True)), scheduler, state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def pod_state_dir(env: Mapping[str, str]) -> Path:
+    """A fresh directory for the pod's processes to leave their last step and reports in (PodState)."""
+    cache = Path(env.get(contract.ENV_CACHE_DIR) or "/tmp/convit-cache")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="pod-state-", dir=cache))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="convit-pod-state-"))
+
+
+def watch(
+    pod: int,
+    workers: Mapping[int, subprocess.Popen[bytes]],
+    scheduler: subprocess.Popen[bytes] | None,
+    state: Path,
+    *,
+    grace: float = STOP_GRACE_S,
+    poll: float = POLL_S,
+) -> int:
+    """Wait for the pod's processes (workers by MindSpore node id): 0 once every worker succeeded; on the first
+    failure one `ERROR:` line, the others stopped, and the pod's exit code (see the module's docstring)."""
+    while True:
+        codes = {rank: proc.poll() for rank, proc in workers.items()}  # every one of them, every tick
+        sched = scheduler.poll() if scheduler is not None else None
+        failed = {rank: code for rank, code in codes.items() if code is not None and code != 0}
+        running = [rank for rank, code in codes.items() if code is None]
+        if failed:
+            # The root cause first: a rank that died of its own, rather than one that reported losing a peer.
+            rank = min(failed, key=lambda r: (failed[r] == LOST_PEER_EXIT, r))
+            code = failed[rank]
+            report = lost_report(state, str(rank)) if code == LOST_PEER_EXIT else None
+            step = recorded_step(state, str(rank))
+            line = report or f"pod {pod} lost rank {rank} ({how_it_ended(code)}) {after(step, 'its')}"
+            return stop_pod(pod, line, "other workers", code, [*workers.values(), scheduler], grace)
+        if sched is not None and sched != 0 and running:
+            report = lost_report(state, SCHEDULER) if sched == LOST_PEER_EXIT else None
+            step = max((s for r in workers if (s := recorded_step(state, str(r))) is not None), default=None)
+            line = report or f"pod {pod} lost the MindSpore scheduler ({how_it_ended(sched)}) {after(step, 'the')}"
+            return stop_pod(pod, line, "workers", sched, [*workers.values()], grace)
+        if not running:
+            break
+        time.sleep(poll)
     if scheduler is not None:
         try:
             scheduler.wait(timeout=60)
         except subprocess.TimeoutExpired:
             scheduler.kill()
-    codes = [w.returncode for w in workers]
-    return failed or next((c for c in codes if c), 0)
+    return 0
+
+
+def how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def after(step: int | None, whose: str) -> str:
+    return f"after step {step}" if step is not None else f"before {whose} first step"
+
+
+def stop_pod(
+    pod: int,
+    line: str,
+    others: str,
+    code: int,
+    procs: Sequence[subprocess.Popen[bytes] | None],
+    grace: float = STOP_GRACE_S,
+) -> int:
+    """Print the pod's one line, stop its other processes (SIGTERM, `grace`, SIGKILL), and return the pod's exit code:
+    the failed process's own (2 only from a process that judged the job unrunnable: the controller does not retry it),
+    or LOST_PEER_EXIT for a signal."""
+    if not line.startswith(f"pod {pod}"):
+        line = f"pod {pod}: {line}"
+    print(f"ERROR: {line}; stopping the pod's {others}", file=sys.stderr, flush=True)
+    alive = [p for p in procs if p is not None and p.poll() is None]
+    for proc in alive:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    for proc in alive:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code if code > 0 else LOST_PEER_EXIT

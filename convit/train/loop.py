@@ -20,8 +20,8 @@ from convit.train.checkpoints import CheckpointMeta, CheckpointStore
 from convit.train.compile_cache import enable_compile_cache
 from convit.train.curves import TrainingCurves
 from convit.train.evaluate import evaluate
-from convit.train.progress import Progress
-from convit.train.runtime import AllReduceSum, Runtime
+from convit.train.progress import PodState, Progress
+from convit.train.runtime import AllReduceSum, Runtime, exit_lost_peer, node_name, peer_failure
 from convit.train.schedule import PartialEpoch, first_slot, lr_schedule
 from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
 
@@ -53,6 +53,7 @@ class Trainer:
         self.spec = spec
         self.runtime = runtime
         self.progress = Progress(spec.logging.format, enabled=runtime.is_main)
+        self.pod_state = PodState(node_name())  # the last finished step, for the pod supervisor's messages
         self.stop = StopRequest()
         self.reduce = AllReduceSum(runtime)
         self.resume_uri = resume_uri
@@ -299,9 +300,23 @@ class Trainer:
         )
         try:
             return self._train(plan)
+        except RuntimeError as exc:
+            # A peer rank died: the collectives fail (or hang until MindSpore's timeouts) on every survivor. One line
+            # and a retriable exit instead of a traceback; a RuntimeError that is not about a peer stays a bug.
+            reason = peer_failure(str(exc)) if rt.distributed else None
+            if reason is None:
+                raise
         finally:
             self.curves.close()  # whatever ended the run, its curves are uploaded
             self.compile_cache.close()
+        try:
+            self.checkpoints.wait()  # an upload begun before the loss still completes, so the restart can use it
+        except ConvitError as exc:
+            log.warning("the last checkpoint upload failed: %s", exc)
+        exit_lost_peer(
+            f"lost a peer rank after step {self.global_step} (MindSpore: {reason}); "
+            "exiting so the controller restarts the job"
+        )
 
     def _train(self, plan: EpochPlan) -> int:
         import mindspore as ms
@@ -362,7 +377,9 @@ class Trainer:
                 final = self.global_step >= self.total_steps  # the final checkpoint follows below
                 if every and self.global_step % every == 0 and self.epoch_step != 0 and not final:
                     self.save("interval")
-                if self._should_stop():
+                stop = self._should_stop()  # in a cluster an AllReduce: every rank has finished this step
+                self.pod_state.step(self.global_step)
+                if stop:
                     self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)
                     self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
                     self.train_loader.close()

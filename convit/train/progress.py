@@ -7,9 +7,15 @@ The text form is parsed back by `launcher status` (launcher/progress.py): keep t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
+
+# Set by the pod supervisor (convit/cluster/supervisor.py) for the processes it starts: a directory of the pod's own.
+ENV_POD_STATE = "CONVIT_POD_STATE"
+SCHEDULER = "scheduler"  # the scheduler's name there (a worker's is its MindSpore node id)
 
 
 def format_duration(seconds: float) -> str:
@@ -95,3 +101,58 @@ class Progress:
 
     def done(self, *, step: int, reason: str) -> None:
         self._emit("done", f"done step {step} ({reason})", {"step": step, "reason": reason})
+
+
+class PodState:
+    """What a supervised process leaves for its pod supervisor, in the directory named by CONVIT_POD_STATE.
+
+    `step-<name>`: the process's last finished step, so that the supervisor's line about a rank it lost says how far
+    it got (one pwrite of a fixed-width number per step). `lost-<name>`: the one line about a lost peer; every
+    process of a pod sees the same loss, and the supervisor prints the first report once for the pod instead of one
+    line per process. Without the variable (a plain run, AscendJob's Scheduler pod) no step is recorded and the
+    line goes to stderr."""
+
+    def __init__(self, name: str, directory: str | None = None) -> None:
+        where = os.environ.get(ENV_POD_STATE, "") if directory is None else directory
+        self.dir = Path(where) if where else None
+        self.name = name
+        self._fd: int | None = None
+
+    def step(self, step: int) -> None:
+        if self.dir is None:
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.dir / f"step-{self.name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.pwrite(self._fd, b"%012d\n" % step, 0)  # same width every time: a reader never sees a mix
+        except OSError:
+            self.dir = None  # the marker is for the supervisor's message; training never fails over it
+
+    def lost(self, message: str) -> None:
+        """Report a lost peer: to the supervisor when there is one, else as this process's `ERROR:` line."""
+        if self.dir is not None:
+            try:
+                part = self.dir / f".lost-{self.name}"
+                part.write_text(message)
+                part.replace(self.dir / f"lost-{self.name}")
+                return
+            except OSError:
+                pass
+        print(f"ERROR: {message}", file=sys.stderr, flush=True)
+
+
+def recorded_step(directory: Path, name: str) -> int | None:
+    """The last step a process of the pod recorded (PodState.step), None before its first step."""
+    try:
+        text = (directory / f"step-{name}").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lost_report(directory: Path, name: str) -> str | None:
+    """The line a process of the pod left about a lost peer (PodState.lost), None if it left none."""
+    try:
+        return (directory / f"lost-{name}").read_text().strip() or None
+    except OSError:
+        return None
