@@ -27,6 +27,8 @@ import numpy as np
 from convit.cluster import contract
 from convit.errors import ConvitError, cli_boundary
 
+MAX_BATCH = 4096  # images per rank and step, as train.batch_size (convit/jobspec/schema.py)
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -107,6 +109,8 @@ def run(args: argparse.Namespace, spec: Any, runtime: Any) -> EvalResult:
     batch = args.batch_size or spec.train.batch_size
     if batch <= 0:
         raise ConvitError("--batch-size must be positive")
+    if batch > MAX_BATCH:
+        raise ConvitError(f"--batch-size {batch}: at most {MAX_BATCH} (train.batch_size's bound)")
     reduce = AllReduceSum(runtime)
     loader = build_val_loader(spec, runtime.rank, runtime.world_size)
     try:
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from convit.jobspec import load_job
 
+    if args.batch_size is not None and not 0 < args.batch_size <= MAX_BATCH:  # before any weights are read
+        raise ConvitError(f"--batch-size must be positive and at most {MAX_BATCH}")
     sets = list(args.overrides) + ([f"data.uri={args.data}"] if args.data else [])
     spec = load_job(args.job, sets)
     pod = _pod_supervisor(argv)

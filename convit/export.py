@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from convit.errors import ConvitError, cli_boundary
+from convit.jobspec.schema import CROP_PCT_MIN
 
 SUFFIX = {"onnx": ".onnx", "mindir": ".mindir"}
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+MAX_BATCH = 4096  # a fixed --batch is traced with a zero input of that many images (4096 x 602 KB = 2.5 GB)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,10 +131,10 @@ def export(args: argparse.Namespace) -> tuple[str, str]:
     from convit.inference.runtime import init_inference
     from convit.inference.weights import build_model, normalize_uri, read_weights, split_uri
 
-    if args.batch is not None and args.batch <= 0:
-        raise ConvitError("--batch must be positive")
-    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
-        raise ConvitError("--crop-pct must be in (0, 1]")
+    if args.batch is not None and not 0 < args.batch <= MAX_BATCH:
+        raise ConvitError(f"--batch must be positive and at most {MAX_BATCH}")
+    if args.crop_pct is not None and not CROP_PCT_MIN <= args.crop_pct <= 1.0:  # NaN fails too
+        raise ConvitError(f"--crop-pct must be in [{CROP_PCT_MIN}, 1]")
     target = normalize_uri(args.output)
     suffix = SUFFIX[args.format]
     if not target.endswith(suffix):
@@ -162,8 +164,11 @@ def export(args: argparse.Namespace) -> tuple[str, str]:
             weights=weights,
             path=local,
         )
-        storage.put_file(key, local)
-        storage.put(side_key, (json.dumps(meta, indent=1) + "\n").encode())
+        try:
+            storage.put_file(key, local)
+            storage.put(side_key, (json.dumps(meta, indent=1) + "\n").encode())
+        except OSError as exc:  # --output in a place no file can be written (/dev/full/x, a read-only folder)
+            raise ConvitError(f"{target}: cannot write ({exc.strerror or type(exc).__name__})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = target.rsplit("/", 1)[0]

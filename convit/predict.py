@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convit.errors import ConvitError, cli_boundary
+from convit.jobspec.schema import CROP_PCT_MIN
 
 MAX_BATCH = 16
 
@@ -29,7 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="MindCV .ckpt, or our checkpoint directory / its latest")
     parser.add_argument("--model", help="variant the weights must be (default: recognised from the checkpoint)")
     parser.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
-    parser.add_argument("--crop-pct", type=float, help="eval crop fraction (default: the variant's recipe)")
+    parser.add_argument(
+        "--crop-pct", type=float, help=f"eval crop fraction in [{CROP_PCT_MIN}, 1] (default: the variant's recipe)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     parser.add_argument("--device", choices=["CPU", "Ascend"], help="default: $CONVIT_DEVICE or CPU")
     return parser.parse_args(argv)
@@ -60,6 +63,11 @@ def top_k(logits: NDArray[Any], names: list[str], k: int) -> list[dict[str, Any]
     return [{"index": int(i), "name": names[int(i)], "prob": float(probs[i]), "logit": float(logits[i])} for i in order]
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters and line breaks escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
 def _text(results: list[dict[str, Any]]) -> str:
     lines = []
     for result in results:
@@ -80,28 +88,42 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
 
     if args.top <= 0:
         raise ConvitError("--top must be positive")
-    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
-        raise ConvitError("--crop-pct must be in (0, 1]")
+    if args.crop_pct is not None and not CROP_PCT_MIN <= args.crop_pct <= 1.0:  # NaN fails too
+        raise ConvitError(f"--crop-pct must be in [{CROP_PCT_MIN}, 1]")
     weights = read_weights(args.weights)
     init_inference(args.device)
     model = build_model(weights, args.model)
     crop_pct = args.crop_pct or crop_pct_of(weights.model)
     names = class_names(weights.num_classes)
+    # One batch of decoded images in memory at a time, whatever the number of images; every batch is padded to
+    # the same size, so the graph compiles once.
+    batch = min(MAX_BATCH, len(args.images))
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
     good: list[str] = []
     inputs: list[NDArray[Any]] = []
-    errors: list[str] = []
+
+    def flush() -> None:
+        if inputs:
+            stacked = np.stack(inputs)
+            if len(stacked) < batch:  # the last, short batch: padded here so that its shape is the others'
+                stacked = np.concatenate([stacked, np.zeros((batch - len(stacked), *stacked.shape[1:]), stacked.dtype)])
+            logits = logits_of(model, stacked, batch)[: len(inputs)]
+            results.extend(
+                {"image": image, "top": top_k(row, names, args.top)} for image, row in zip(good, logits, strict=True)
+            )
+            good.clear()
+            inputs.clear()
+
     for image in args.images:
         try:
             inputs.append(preprocess(read_bytes(image), crop_pct, image))
             good.append(image)
         except BadImage as exc:
             errors.append(str(exc))
-    results: list[dict[str, Any]] = []
-    if inputs:
-        logits = logits_of(model, np.stack(inputs))
-        results = [
-            {"image": image, "top": top_k(row, names, args.top)} for image, row in zip(good, logits, strict=True)
-        ]
+        if len(inputs) == batch:
+            flush()
+    flush()
     return results, errors
 
 
@@ -113,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     results, errors = predict(args)
-    for message in errors:
-        print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    for message in errors:  # one line each, also for a file name holding line breaks or control characters
+        print(f"ERROR: {_one_line(message)}", file=sys.stderr, flush=True)
     if results or args.json:
         print(json.dumps(results, indent=1) if args.json else _text(results), flush=True)
     return 1 if errors else 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
 from convit.jobspec import JobSpec, load_job
+from convit.jobspec.schema import is_dns_label
 from launcher.backends.base import Backend, JobStatus
 from launcher.client import TrainingClient
 from launcher.errors import LauncherError
@@ -24,6 +26,50 @@ FLAG_KEYS = {
     "output": "checkpoint.uri",
     "backend": "cluster.backend",
 }
+
+
+MAX_SECONDS = 10 * 365 * 86_400  # --timeout: ten years is "no timeout" for any practical purpose
+MAX_INTERVAL = 3600.0
+MAX_PODS = 4096  # cluster.pods' bound in convit/jobspec/schema.py: --rank is a pod index below it
+
+
+def _number(text: str, what: str, low: float, high: float, *, low_open: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        bracket = "(" if low_open else "["
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} must be a finite number in {bracket}{low:g}, {high:g}]")
+    return value
+
+
+def seconds(text: str) -> float:
+    """--timeout: a finite, non-negative number of seconds (not nan, inf or negative)."""
+    return _number(text, "seconds", 0.0, MAX_SECONDS)
+
+
+def interval(text: str) -> float:
+    """--interval: a finite, positive number of seconds."""
+    return _number(text, "the interval", 0.0, MAX_INTERVAL, low_open=True)
+
+
+def namespace(text: str) -> str:
+    """-n: a DNS-1123 label of at most 63 characters (a trailing newline is not one)."""
+    if not is_dns_label(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace (a DNS-1123 label of at most 63 characters)")
+    return text
+
+
+def pod_index(text: str) -> int:
+    """--rank: a pod index, 0 to MAX_PODS - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < MAX_PODS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a pod index is 0 to {MAX_PODS - 1}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", metavar="URI", help="with --evaluate: a MindCV .ckpt or our checkpoint (directory)")
 
     def wait_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds (exit 124)")
-        p.add_argument("--interval", type=float, metavar="S", help="seconds between status checks (default 5, local 1)")
+        p.add_argument("--timeout", type=seconds, metavar="S", help="give up waiting after S seconds (exit 124)")
+        p.add_argument(
+            "--interval", type=interval, metavar="S", help="seconds between status checks (default 5, local 1)"
+        )
 
     submit = sub.add_parser("submit", help="validate, render and create a training (or evaluation) job")
     job_args(submit)
@@ -77,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def name_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", metavar="NAME")
-        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-n", "--namespace", type=namespace, default="default")
         p.add_argument("--local", action="store_true", help="a job started with submit --local")
         p.add_argument("--context", help="kubeconfig context")
 
@@ -87,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     name_args(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep following, across pod restarts")
     which = logs.add_mutually_exclusive_group()
-    which.add_argument("--rank", type=int, default=0, help="pod index to show (default 0)")
+    which.add_argument("--rank", type=pod_index, default=0, help="pod index to show (default 0)")
     which.add_argument("--all", action="store_true", help="all pods, each line prefixed with [pod-i]")
     lst = sub.add_parser("list", help="training jobs in a namespace")
-    lst.add_argument("-n", "--namespace", default="default")
+    lst.add_argument("-n", "--namespace", type=namespace, default="default")
     lst.add_argument("--local", action="store_true")
     lst.add_argument("--context")
     wait = sub.add_parser("wait", help="block until a job ends: exit 0 if it succeeded, 1 if not, 124 on timeout")
@@ -161,6 +209,13 @@ def scaling_note(args: argparse.Namespace, spec: JobSpec) -> str | None:
         f"peak LR {spec.train.peak_lr(batch):.2e} (recipe {recipe.train.peak_lr(recipe_batch):.2e} at "
         f"{recipe_batch}; linear rule, train.reference_batch {spec.train.reference_batch})"
     )
+
+
+def check_rank(status: JobStatus, rank: int) -> None:
+    """A rank beyond the job's pods is an error, not an empty log (known once the job's pods exist)."""
+    indices = {pod.index for pod in status.pods}
+    if indices and rank > max(indices):
+        raise LauncherError(f"job {status.namespace}/{status.name} has no pod {rank}: its pods are 0 to {max(indices)}")
 
 
 def plot_job(client: TrainingClient, args: argparse.Namespace, say: Callable[[str], None]) -> int:
@@ -263,6 +318,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         say(client.resume(args.name))
         return 0
     if args.command == "logs":
+        if not args.all and args.rank > 0:
+            check_rank(client.status(args.name), args.rank)
         for line in client.logs(args.name, follow=args.follow, rank=None if args.all else args.rank):
             say(line)
         return 0

@@ -8,6 +8,9 @@ import sys
 
 from convit.errors import ConvitError, cli_boundary
 
+SEED_MAX = 2**32 - 1  # numpy's seed range, as train.seed's
+MAX_COUNT = 100_000  # classes, and images per class, of a generated sample (model.num_classes' bound)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convit.data")
@@ -32,12 +35,17 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from convit.storage import open_storage
 
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ConvitError(f"--seed must be in [0, {SEED_MAX}]")
     if args.command == "make-sample":
         for flag in ("classes", "per_class"):
             if getattr(args, flag) <= 0:
                 raise ConvitError(f"--{flag.replace('_', '-')} must be positive")
         if args.val_per_class < 0:
             raise ConvitError("--val-per-class must not be negative")
+        for flag in ("classes", "per_class", "val_per_class"):
+            if getattr(args, flag) > MAX_COUNT:
+                raise ConvitError(f"--{flag.replace('_', '-')} must be at most {MAX_COUNT}")
         from convit.data.sample import make_sample
 
         written = make_sample(open_storage(args.dst), args.classes, args.per_class, args.val_per_class, args.seed)

@@ -60,6 +60,12 @@ class _Window:
             self.taken += 1
 
 
+def _printable(text: str) -> str:
+    """A file name or reason as one printable line: control characters, line breaks and undecodable bytes of a
+    hostile file name escaped (a warning is one line)."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
 def _shm_free() -> int | None:
     try:
         st = os.statvfs("/dev/shm")
@@ -172,7 +178,7 @@ class _Loader:
             self.skipped += 1
             log.warning(
                 "data: skipped undecodable %s image %s/%s (%s); %d skipped so far",
-                self.split, self.spec.data.uri, self.table.keys[index], reason, self.skipped,
+                self.split, self.spec.data.uri, _printable(self.table.keys[index]), _printable(reason), self.skipped,
             )  # fmt: skip
 
     def close(self) -> None:

@@ -19,6 +19,8 @@ from convit.data.errors import DataError
 from convit.data.index import SampleTable, list_imagefolder, write_shard_index
 from convit.storage import Storage, StorageError
 
+MAX_SHARD_BYTES = 4 << 30  # a shard is assembled in memory and written with a single PUT (S3's limit: 5 GB)
+
 
 def parse_size(text: str) -> int:
     units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1}
@@ -30,10 +32,14 @@ def parse_size(text: str) -> int:
             break
     try:
         value = int(float(number) * factor)
-    except ValueError:
+    except (ValueError, OverflowError):  # also nan and inf
         raise DataError(f"--shard-size {text!r}: expected a size like 256MB") from None
     if value < 1 << 16:
         raise DataError(f"--shard-size {text!r}: shards must be at least 64KB")
+    if value > MAX_SHARD_BYTES:
+        raise DataError(
+            f"--shard-size {text!r}: shards must be at most 4GB (each is built in memory and written with one PUT)"
+        )
     return value
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convit.data.autoaugment import apply_op, auto_augment
-from convit.data.decode import decode, image_size
+from convit.data.decode import MAX_PIXELS, UndecodableImage, decode, image_size
 
 SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -36,6 +36,12 @@ CROP_ATTEMPTS = 10
 CROP_RATIO = (0.75, 1.333)  # MindCV's `ratio` default and every recipe's (not 3/4..4/3)
 _RATIO32 = (float(np.float32(CROP_RATIO[0])), float(np.float32(CROP_RATIO[1])))  # MindSpore stores them as float
 _LOG_RATIO = (float(np.log(np.float32(CROP_RATIO[0]))), float(np.log(np.float32(CROP_RATIO[1]))))
+# The work one image may cost, besides its decoded size (decode.MAX_PIXELS): a 114-byte 10000x1 PNG decodes to
+# 30 KB, but the eval resize (shorter side to 256) would make it 256 x 2,560,000 (1.9 GB of pixels). Images
+# longer than MAX_ASPECT_RATIO times their width (or wider than that times their height) are refused, and so is
+# any image whose eval resize exceeds MAX_RESIZED_PIXELS (16 MP, 48 MB; a 4:1 panorama at crop_pct 0.875 is 0.3 MP).
+MAX_ASPECT_RATIO = 32
+MAX_RESIZED_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -142,11 +148,34 @@ def resized_crop(data: bytes, box: tuple[int, int, int, int]) -> NDArray[Any]:
     return out
 
 
+def check_image_shape(height: int, width: int, crop_pct: float | None = None) -> None:
+    """The one rule bounding the work per image, for training, validation, evaluate and predict: UndecodableImage
+    (whose message says why) for an empty image, more than MAX_PIXELS, an aspect ratio beyond MAX_ASPECT_RATIO,
+    or, with `crop_pct` (the eval transform), an eval resize of more than MAX_RESIZED_PIXELS. Checked from the
+    header before decoding, and again on the decoded pixels before resizing."""
+    if height <= 0 or width <= 0:
+        raise UndecodableImage(f"zero-sized image ({width}x{height})")
+    if height * width > MAX_PIXELS:
+        raise UndecodableImage(f"{width}x{height} exceeds the {MAX_PIXELS // 1_000_000} MP limit")
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise UndecodableImage(f"{width}x{height}: aspect ratio beyond the {MAX_ASPECT_RATIO}:1 limit")
+    if crop_pct is not None:
+        if not 0.0 < crop_pct <= 1.0:  # also NaN
+            raise ValueError(f"crop_pct {crop_pct} is not in (0, 1]")
+        new_h, new_w = eval_resize_shape(height, width, crop_pct)
+        if new_h * new_w > MAX_RESIZED_PIXELS:
+            raise UndecodableImage(
+                f"{width}x{height}: the eval resize to {new_w}x{new_h} exceeds the "
+                f"{MAX_RESIZED_PIXELS // 1_000_000} MP limit"
+            )
+
+
 def train_sample(
     data: bytes, aug: TrainAugment, rng: np.random.Generator
 ) -> tuple[NDArray[Any], tuple[int, int, int, int]]:
     """(uint8 224x224x3 image, erasing box) for one training image."""
     height, width = image_size(data)
+    check_image_shape(height, width)
     out = resized_crop(data, random_resized_crop_box(height, width, aug.scale_min, rng))
     if rng.random() < aug.hflip:
         out = cv2.flip(out, 1)
@@ -179,8 +208,11 @@ def exact_bicubic_resize(image: NDArray[Any], width: int, height: int) -> NDArra
 
 def eval_sample(data: bytes, crop_pct: float) -> NDArray[Any]:
     """MindCV's eval transform up to Normalize: full-resolution decode, Resize(floor(224 / crop_pct)) bicubic
-    (OpenCV INTER_CUBIC, as MindSpore's Resize), CenterCrop 224 (offsets floored)."""
+    (OpenCV INTER_CUBIC, as MindSpore's Resize), CenterCrop 224 (offsets floored). Images beyond the bounds of
+    `check_image_shape` are UndecodableImage before any pixel is decoded or resized."""
+    check_image_shape(*image_size(data), crop_pct)
     image = decode(data)
+    check_image_shape(image.shape[0], image.shape[1], crop_pct)  # the decoded shape is the one resized
     new_h, new_w = eval_resize_shape(image.shape[0], image.shape[1], crop_pct)
     if (new_h, new_w) != image.shape[:2]:
         image = exact_bicubic_resize(image, new_w, new_h)

@@ -14,6 +14,7 @@ from multiprocessing.shared_memory import SharedMemory
 from multiprocessing.synchronize import Semaphore
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -137,8 +138,10 @@ def load_window(task: tuple[str, NDArray[Any], int, int, TrainAugment | None, fl
             else:
                 slot.images[j] = eval_sample(blob, crop_pct)
             slot.status[j] = DONE
-        except (UndecodableImage, ValueError, OSError) as exc:  # Pillow/OpenCV raise these on bad data
-            failures.append((int(i), str(exc) or type(exc).__name__))
+        except (UndecodableImage, ValueError, OSError, cv2.error) as exc:  # what decoders raise on bad data
+            # Skipped and counted by the loader like any corrupt image, named in its warning (one line).
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            failures.append((int(i), reason))
             slot.status[j] = FAILED
         ready.release()
     return failures

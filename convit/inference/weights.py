@@ -27,7 +27,7 @@ from convit.train.checkpoints import BEST, LATEST, CheckpointError, CheckpointSt
 
 # Model tensors of our checkpoints; the rest is trainer state (AdamW moments, step counters, loss-scale state).
 _MODEL_KEY = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.|norm\.|classifier\.)")
-_STEP = re.compile(r"^(?P<root>.+)/checkpoints/step-(?P<step>\d{9})(/weights\.ckpt)?$")
+_STEP = re.compile(r"^(?P<root>.+)/checkpoints/step-(?P<step>[0-9]{9})(/weights\.ckpt)?$")
 
 
 @dataclass
@@ -139,7 +139,14 @@ def _ours(root: str, step: int | None, pointer: str, uri: str) -> LoadedWeights:
 def read_weights(uri: str) -> LoadedWeights:
     """Locate, download, verify and read a checkpoint (see the module docstring for the accepted URIs)."""
     uri = normalize_uri(uri)
-    step_match = _STEP.match(uri)
+    try:
+        return _read_weights(uri)
+    except OSError as exc:  # a local path that is no file or directory to read (/dev/zero, a file as a folder)
+        raise ConvitError(f"{uri}: cannot read a checkpoint there ({exc.strerror or type(exc).__name__})") from None
+
+
+def _read_weights(uri: str) -> LoadedWeights:
+    step_match = _STEP.fullmatch(uri)
     if step_match:
         root = step_match.group("root")
         return _ours(root, int(step_match.group("step")), LATEST, uri)

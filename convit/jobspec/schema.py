@@ -19,12 +19,34 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Job names are DNS-1035 labels (start with a letter): every backend names a Service after the job (the Indexed
 # Job's headless Service, Volcano's svc plugin, the ascend-operator's `<job>-scheduler-0`), and Service names must be.
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*)$")
+# Every pattern is checked with `fullmatch` (never `match`: its `$` also matches before a final newline), and
+# spells its characters out in ASCII (`[!-~]`, `[0-9]`, not `\S` or `\d`, which are Unicode-wide in Python
+# and ASCII-only in Go): the chart's JSON schema, which Helm checks with Go's regexp, gets the same patterns.
+# URIs: printable ASCII without spaces (no control characters, no Unicode line or paragraph separators).
+_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[!-~]*)?|file:///[!-~]*)$"
+_URI = re.compile(_URI_PATTERN)
 _K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# Kubernetes label values and the name part of qualified names (label and toleration keys): at most 63 characters.
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+# The optional prefix of a qualified name: a DNS-1123 subdomain (dot-separated labels, at most 253 characters).
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_MAX = 253 + 1 + 63
 # Image references: registry/repo[:tag][@digest], no whitespace or quoting characters.
 _IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._\-/:]*[a-z0-9])?(@sha256:[a-f0-9]{64})?$")
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._\-/]*)?$")
+_REGION = re.compile(r"^[a-z0-9\-]{1,32}$")
+# Integers that land in a manifest are int32 fields there (backoffLimit, ttlSecondsAfterFinished, ports, ...), or
+# int64 ones (activeDeadlineSeconds) whose useful range is far below that; Helm also reads values as float64, exact
+# only up to 2**53. Every integer of the spec is bounded by int32, the seed by what MindSpore's set_seed (numpy's
+# seed) accepts.
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+# The eval resize takes the shorter side to floor(224 / crop_pct): at most 896 (MindCV's recipes: 0.87-0.95).
+CROP_PCT_MIN = 0.25
 
 MODEL_NAMES = (
     "convit_tiny",
@@ -36,13 +58,14 @@ MODEL_NAMES = (
 )
 
 JsonDict = dict[str, JsonValue]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: no float field takes inf or NaN (YAML's .inf/.nan, JSON's Infinity/NaN).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _schema(pattern: str, max_length: int | None = None) -> JsonDict:
@@ -54,12 +77,13 @@ def _schema(pattern: str, max_length: int | None = None) -> JsonDict:
 
 
 _DNS_PATTERN = _DNS1123_LABEL.pattern
-_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|file:///\S*)$"
 
 
 def _check_uri(value: str) -> str:
-    if not _URI.match(value):
-        raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path, without spaces")
+    if not _URI.fullmatch(value):
+        raise ValueError(
+            "must be s3://bucket[/prefix] or file:///absolute/path, in printable ASCII without spaces or line breaks"
+        )
     path = value.split("://", 1)[1]
     if any(part == ".." for part in path.split("/")):
         raise ValueError("must not contain '..' path segments")
@@ -122,19 +146,23 @@ class TrainSpec(_Section):
             "(MindCV's rule). 0: no scaling."
         ),
     )
-    min_lr: Annotated[float, Field(ge=0.0)] = Field(1e-6, description="Final learning rate of the cosine decay.")
-    warmup_epochs: Annotated[int, Field(ge=0)] = Field(description="Linear warmup from 0, in epochs.")
+    min_lr: Annotated[float, Field(ge=0.0, le=10.0)] = Field(
+        1e-6, description="Final learning rate of the cosine decay."
+    )
+    warmup_epochs: Annotated[int, Field(ge=0, le=10_000)] = Field(description="Linear warmup from 0, in epochs.")
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="AdamW weight decay, on every tensor.")
     beta1: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.9, description="AdamW beta1.")
     beta2: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.999, description="AdamW beta2.")
-    eps: Annotated[float, Field(gt=0.0)] = Field(1e-8, description="AdamW epsilon.")
+    eps: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1e-8, description="AdamW epsilon.")
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.1, description="Label smoothing.")
     amp_level: Literal["O0", "O2"] = Field(
         "O2",
         description="O2: float16 compute, float32 norms/softmax/loss, fixed loss scale (any device). O0: float32.",
     )
-    loss_scale: Annotated[float, Field(ge=1.0)] = Field(1024.0, description="Fixed loss scale under AMP.")
-    seed: NonNegativeInt = Field(42, description="Seed of weights, data order and augmentation.")
+    loss_scale: Annotated[float, Field(ge=1.0, le=2.0**24)] = Field(1024.0, description="Fixed loss scale under AMP.")
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = Field(
+        42, description="Seed of weights, data order and augmentation (0 to 2**32 - 1, as MindSpore's set_seed takes)."
+    )
     max_steps: NonNegativeInt = Field(0, description="Stop after this many global steps (0: full schedule).")
 
     def peak_lr(self, global_batch: int) -> float:
@@ -162,15 +190,17 @@ class AugmentSpec(_Section):
     )
     auto_augment: Literal["", "autoaug-mstd0.5"] = Field("", description="AutoAugment policy, or empty.")
     re_prob: Probability = Field(0.25, description="Random erasing probability.")
-    mixup: Annotated[float, Field(ge=0.0)] = Field(0.2, description="Mixup alpha (0: off).")
-    cutmix: Annotated[float, Field(ge=0.0)] = Field(1.0, description="CutMix alpha (0: off).")
+    mixup: Annotated[float, Field(ge=0.0, le=100.0)] = Field(0.2, description="Mixup alpha (0: off).")
+    cutmix: Annotated[float, Field(ge=0.0, le=100.0)] = Field(1.0, description="CutMix alpha (0: off).")
     mixup_switch_prob: Probability = Field(0.5, description="Probability of CutMix instead of Mixup.")
 
 
 class EvalSpec(_Section):
     """Validation."""
 
-    crop_pct: Annotated[float, Field(gt=0.0, le=1.0)] = Field(description="Center-crop fraction of the resize.")
+    crop_pct: Annotated[float, Field(ge=CROP_PCT_MIN, le=1.0)] = Field(
+        description="Center-crop fraction of the resize (the shorter side is resized to floor(224 / crop_pct))."
+    )
     interval_epochs: NonNegativeInt = Field(1, description="Validate every N epochs (0: only at the end).")
 
 
@@ -217,14 +247,14 @@ class StorageSpec(_Section):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if value and not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._\-/]*)?$", value):
+        if value and not _ENDPOINT.fullmatch(value):
             raise ValueError("must be an http(s) URL without credentials, spaces or quotes")
         return value
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if value and not re.match(r"^[a-z0-9\-]{1,32}$", value):
+        if value and not _REGION.fullmatch(value):
             raise ValueError("must look like an S3 region, e.g. us-east-1")
         return value
 
@@ -237,30 +267,34 @@ class StorageSpec(_Section):
 class Toleration(_Section):
     """A pod toleration (the fields the NPU nodes need)."""
 
-    key: str
+    key: str = Field(json_schema_extra=_schema(_LABEL_KEY.pattern, LABEL_KEY_MAX))
     operator: Literal["Exists", "Equal"] = "Exists"
-    value: str = ""
+    value: str = Field("", json_schema_extra=_schema(_LABEL_VALUE.pattern, 63))
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
 
     @field_validator("key")
     @classmethod
     def _key(cls, value: str) -> str:
-        if not _LABEL_KEY.match(value):
-            raise ValueError("must be a valid label key")
-        return value
+        return _check_label_key(value)
 
     @field_validator("value")
     @classmethod
     def _value(cls, value: str) -> str:
-        if not _LABEL_VALUE.match(value) or len(value) > 63:
-            raise ValueError("must be a valid label value")
-        return value
+        return _check_label_value(value)
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"operator Exists takes no value (got {self.value!r}); use operator Equal to match one")
+        return self
 
 
 class ClusterSpec(_Section):
     """The job's shape on Kubernetes (ignored by the trainer itself)."""
 
-    backend: Literal["job", "volcano", "ascendjob"] = Field("job", description="Which workload kind to render.")
+    backend: Literal["job", "volcano", "ascendjob", "jobset"] = Field(
+        "job", description="Which workload kind to render (launcher/workloads: one module per kind)."
+    )
     namespace: str = Field(
         "default", description="Namespace of every object.", json_schema_extra=_schema(_DNS_PATTERN, 63)
     )
@@ -300,9 +334,9 @@ class ClusterSpec(_Section):
         6,
         description=(
             "Restarts of the whole job before it fails: the Indexed Job's backoffLimit is this x pods (one "
-            "restart fails every pod), Volcano's maxRetry this + 1 (its webhook turns 0 into 3); on AscendJob it "
-            "bounds the operator's pod re-creations (0 would mean unlimited there, so it must be at least 1) and "
-            "a pod that fails fails the job."
+            "restart fails every pod), Volcano's maxRetry this + 1 (its webhook turns 0 into 3); on AscendJob "
+            "MindCluster's fault-retry-times (whole-job rescheduling; 0 would mean unlimited there, so it must be "
+            "at least 1)."
         ),
     )
     active_deadline_seconds: NonNegativeInt = Field(0, description="Fail the job after N seconds (0: never).")
@@ -311,6 +345,15 @@ class ClusterSpec(_Section):
     )
     termination_grace_seconds: Annotated[int, Field(ge=30, le=3600)] = Field(
         300, description="Grace period for the final checkpoint on SIGTERM."
+    )
+    scheduler_name: str = Field(
+        "",
+        description=(
+            "Scheduler of the job backend's pods (pod spec schedulerName; empty: the cluster's default). Set "
+            "`volcano` on MindCluster clusters: their Ascend device plugin runs with -volcanoType=true and gives NPUs "
+            "only to pods Volcano placed. The volcano and ascendjob backends always use Volcano."
+        ),
+        json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
     )
     queue: str = Field(
         "default",
@@ -328,6 +371,11 @@ class ClusterSpec(_Section):
         json_schema_extra=_schema(_K8S_QUANTITY.pattern),
     )
 
+    @field_validator("scheduler_name")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        return value and _check_dns_label(value, 63)
+
     @field_validator("namespace", "queue")
     @classmethod
     def _dns(cls, value: str) -> str:
@@ -336,14 +384,14 @@ class ClusterSpec(_Section):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if len(value) > 255 or not _IMAGE.match(value):
+        if len(value) > 255 or not _IMAGE.fullmatch(value):
             raise ValueError("must be an image reference like registry/name:tag")
         return value
 
     @field_validator("cpu", "memory", "shm_size", "scheduler_cpu", "scheduler_memory")
     @classmethod
     def _quantity(cls, value: str) -> str:
-        if not _K8S_QUANTITY.match(value):
+        if not _K8S_QUANTITY.fullmatch(value):
             raise ValueError("must be a Kubernetes quantity like 64, 500m or 512Gi")
         return value
 
@@ -351,28 +399,52 @@ class ClusterSpec(_Section):
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key, item in value.items():
-            if not _LABEL_KEY.match(key) or len(key) > 253:
-                raise ValueError(f"{key!r} is not a valid label key")
-            if not _LABEL_VALUE.match(item) or len(item) > 63:
-                raise ValueError(f"{item!r} (for {key!r}) is not a valid label value")
+            _check_label_key(key)
+            try:
+                _check_label_value(item)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (for {key!r})") from None
         return value
-
-    @model_validator(mode="after")
-    def _backend_limits(self) -> ClusterSpec:
-        if self.backend == "ascendjob" and self.backoff_limit == 0:
-            raise ValueError(
-                "backoff_limit 0 cannot be expressed on the ascendjob backend: the ascend-operator reads "
-                "runPolicy.backoffLimit 0 as unlimited; use 1 or more"
-            )
-        return self
 
     @property
     def world_size(self) -> int:
         return self.pods * self.npus_per_pod
 
 
+def _check_label_key(value: str) -> str:
+    """A Kubernetes qualified name: [prefix/]name, prefix a DNS-1123 subdomain of at most 253 characters, name at
+    most 63 alphanumerics, '-', '_' and '.', starting and ending with an alphanumeric."""
+    prefix, slash, name = value.rpartition("/")
+    ok = (
+        _QUALIFIED_NAME.fullmatch(name) is not None
+        and (not slash or (len(prefix) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(prefix) is not None))
+        and _LABEL_KEY.fullmatch(value) is not None
+    )
+    if not ok:
+        raise ValueError(
+            f"{value!r} is not a valid label key: [prefix/]name, the prefix a DNS subdomain of at most 253 "
+            "characters, the name at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+            "or digit"
+        )
+    return value
+
+
+def _check_label_value(value: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit"
+        )
+    return value
+
+
+def is_dns_label(value: str, limit: int = 63) -> bool:
+    """A DNS-1123 label (namespaces, queues, secrets) of at most `limit` characters, checked with fullmatch."""
+    return len(value) <= limit and _DNS1123_LABEL.fullmatch(value) is not None
+
+
 def _check_dns_label(value: str, limit: int) -> str:
-    if len(value) > limit or not _DNS1123_LABEL.match(value):
+    if not is_dns_label(value, limit):
         raise ValueError(
             f"{value!r} must be a DNS-1123 label of at most {limit} characters: "
             "lower-case letters, digits and '-', starting and ending with a letter or digit"
@@ -400,7 +472,7 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if len(value) > JOB_NAME_MAX or not _DNS1035_LABEL.match(value):
+        if len(value) > JOB_NAME_MAX or not _DNS1035_LABEL.fullmatch(value):
             raise ValueError(
                 f"{value!r} must be a DNS-1035 label (a DNS-1123 label that starts with a letter) of at most "
                 f"{JOB_NAME_MAX} characters: lower-case letters, digits and '-', starting with a letter and ending "
