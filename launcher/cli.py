@@ -15,6 +15,7 @@ from convit.jobspec.schema import is_dns_label
 from launcher.backends.base import Backend, JobStatus
 from launcher.client import TrainingClient
 from launcher.errors import LauncherError
+from launcher.workloads import BACKENDS, KINDS
 
 # submit/render flags -> job keys (the same keys `--set` takes)
 FLAG_KEYS = {
@@ -88,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image", help="training image")
         p.add_argument("--data", help="dataset URI (s3://... or file:///...)")
         p.add_argument("--output", help="checkpoint URI (s3://... or file:///...)")
-        p.add_argument("--backend", choices=["job", "volcano", "ascendjob"], help="workload kind")
+        p.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            help="workload kind: " + "; ".join(f"{name}: {kind.summary}" for name, kind in KINDS.items()),
+        )
         p.add_argument(
             "--set",
             dest="overrides",
@@ -248,6 +253,13 @@ def backend_of(args: argparse.Namespace, namespace: str) -> Backend:
     return KubernetesBackend(namespace, context=getattr(args, "context", None))
 
 
+def notes_of(args: argparse.Namespace, spec: JobSpec) -> list[str]:
+    """What the user should know before the job runs: the LR scaling, and how the workload kind treats the spec."""
+    scaling = scaling_note(args, spec)
+    kind = KINDS[spec.cluster.backend].notes(spec)
+    return ([scaling] if scaling else []) + [f"note: {line}" for line in kind]
+
+
 def run(argv: list[str] | None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
@@ -260,15 +272,15 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         from launcher.render import render_objects, render_yaml
 
         spec = spec_of(args)
-        note = scaling_note(args, spec)
-        if note:
+        objects = render_objects(spec, evaluate=evaluate_of(args))
+        for note in notes_of(args, spec):
             print(note, file=sys.stderr, flush=True)  # stderr: the YAML on stdout stays clean
-        out.write(render_yaml(render_objects(spec, evaluate=evaluate_of(args))))
+        out.write(render_yaml(objects))
         return 0
     if args.command == "submit":
         spec = spec_of(args)
-        note = scaling_note(args, spec)
-        if note:
+        KINDS[spec.cluster.backend].check(spec)  # refused before anything is said or created
+        for note in notes_of(args, spec):
             say(note)
         weights = evaluate_of(args)
         client = TrainingClient(backend_of(args, spec.cluster.namespace))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +291,47 @@ def test_suspend_checkpoints_and_resume_continues_and_wait_times_out(
     assert capsys.readouterr().err == "ERROR: local job pausable is running, not suspended\n"
     assert main(["delete", "pausable", "--local"]) == 0
     assert _worker_pids(local_home / "pausable") == []
+
+
+@pytest.mark.parametrize("name", ["../outside", "/tmp/outside", "a/../../outside", "Upper", "x" * 46])
+def test_a_local_job_name_is_never_a_path(
+    name: str, local_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "state.json").write_text(json.dumps({"phase": "Succeeded", "pods": []}))
+    for command in ("delete", "status", "logs", "suspend", "resume"):
+        assert main([command, name, "--local"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ERROR: ") and "is not a job name" in err and err.count("\n") == 1
+    assert (outside / "state.json").exists()  # nothing outside the local job home was touched
+
+
+def test_a_recorded_pid_now_owned_by_another_process_is_never_signalled(
+    local_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor died and its PID went to an unrelated process: suspend and delete must leave that alone."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        job = local_home / "ghost"
+        job.mkdir(parents=True)
+        state = {
+            "phase": "Running",
+            "supervisor": bystander.pid,
+            "supervisor_start": "1",  # the start time of the process it used to be
+            "pods": [{"index": 0, "pid": bystander.pid, "start": "1", "phase": "Running"}],
+        }
+        (job / "state.json").write_text(json.dumps(state))
+        (job / "spec.json").write_text("{}")
+        assert main(["suspend", "ghost", "--local"]) == 1
+        assert (
+            capsys.readouterr().err
+            == "ERROR: local job ghost: its supervisor is no longer running; nothing to suspend\n"
+        )
+        assert main(["delete", "ghost", "--local"]) == 0
+        time.sleep(0.5)
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not job.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -87,11 +87,12 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _prompt(outcome: Outcome) -> None:
-    """After the fault, every pod of the broken cluster ended within PROMPT seconds (no timeout waits)."""
+def _prompt(outcome: Outcome, pods: int = 1) -> None:
+    """After the fault, the first `pods` pods to end (the broken cluster's) ended within PROMPT seconds: nobody
+    waited on a MindSpore timeout."""
     fault = outcome.fault_times[0]
-    first_round = [e for e in outcome.events if e.seconds >= fault][:2]
-    assert all(e.seconds - fault < PROMPT for e in first_round), outcome.report()
+    first_round = [e for e in outcome.events if e.seconds >= fault][:pods]
+    assert len(first_round) == pods and all(e.seconds - fault < PROMPT for e in first_round), outcome.report()
 
 
 # rank 0's pod: position 0 for the Indexed and Volcano Jobs, 1 for the AscendJob (the Scheduler pod is 0)
@@ -108,7 +109,7 @@ def test_indexed_job_replaces_each_failed_index_and_the_gang_reforms(
     replaced = {e.pod for e in outcome.events if e.decision == RECREATE_POD}
     assert len(replaced) == 2, outcome.report()  # both indexes: the whole gang restarted
     assert len([e for e in outcome.events if e.decision == RECREATE_POD]) <= 4  # backoffLimit 2 x 2 pods
-    _prompt(outcome)
+    _prompt(outcome, pods=2)
     assert _same(_weights(out), straight), "the recovered job diverged from the uninterrupted one"
 
 
@@ -132,5 +133,16 @@ def test_ascendjob_is_rescheduled_whole_when_a_worker_dies(
     outcome, out = _run("ascendjob", sample, tmp_path, [Fault(1, SAVED, "kill-worker", 0)])
     assert outcome.result == SUCCEEDED, outcome.report()
     assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
+    _prompt(outcome)
+    assert _same(_weights(out), straight)
+
+
+def test_jobset_restarts_the_whole_gang_once_when_a_worker_dies(
+    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL of rank 1: its pod fails the child Job (backoffLimit 0) and the JobSet recreates every pod, once."""
+    outcome, out = _run("jobset", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)])
+    assert outcome.result == SUCCEEDED, outcome.report()
+    assert outcome.decisions() == [RESTART_JOB, SUCCEEDED], outcome.report()
     _prompt(outcome)
     assert _same(_weights(out), straight)

@@ -87,7 +87,11 @@ def chart_readme() -> str:
     from launcher.workloads import KINDS  # the kinds' one-line summaries, as `--backend` shows them
 
     backends = "\n".join(f"- `{name}`: {kind.summary}" for name, kind in KINDS.items())
-    return CHART_README_HEAD.replace("{backends}", backends) + "\n".join(["| value | type | default | meaning |", "|---|---|---|---|", *rows]) + "\n"
+    return (
+        CHART_README_HEAD.replace("{backends}", backends)
+        + "\n".join(["| value | type | default | meaning |", "|---|---|---|---|", *rows])
+        + "\n"
+    )
 
 
 CHART_README_HEAD = """# convit-train Helm chart

@@ -29,6 +29,8 @@ from typing import Any
 
 from convit.cluster import contract
 from convit.jobspec import JobSpec
+from convit.jobspec.schema import _DNS1035_LABEL as DNS1035_LABEL
+from convit.jobspec.schema import JOB_NAME_MAX
 from launcher.backends.base import Backend, JobStatus, JobSummary, PodStatus
 from launcher.errors import LauncherError
 from launcher.progress import latest_progress, latest_result
@@ -104,6 +106,13 @@ class LocalBackend(Backend):
         self.home = local_home()
 
     def _dir(self, name: str) -> Path:
+        """The job's state folder. A job name is a DNS-1035 label here too, so it can never name a path outside
+        the local job home (`../x`, `/x`)."""
+        if len(name) > JOB_NAME_MAX or not DNS1035_LABEL.fullmatch(name):
+            raise LauncherError(
+                f"{name!r} is not a job name: a DNS-1035 label of at most {JOB_NAME_MAX} characters "
+                "(lower-case letters, digits and '-', a letter first)"
+            )
         return self.home / name
 
     def _state(self, name: str) -> dict[str, Any]:
@@ -193,7 +202,7 @@ class LocalBackend(Backend):
         out = []
         if self.home.is_dir():
             for path in sorted(self.home.iterdir()):
-                if (path / STATE).exists():
+                if (path / STATE).exists() and DNS1035_LABEL.fullmatch(path.name):
                     state = self._state(path.name)
                     out.append(
                         JobSummary(path.name, self.namespace, state.get("phase", "?"), "local", state.get("model", ""))
@@ -202,20 +211,24 @@ class LocalBackend(Backend):
 
     def suspend(self, name: str, timeout: float = 300) -> str:
         state = self._state(name)
-        phase, pid = state.get("phase", "Pending"), state.get("supervisor")
+        phase = state.get("phase", "Pending")
         if phase == "Suspended":
             return f"local job {name} is already suspended"
-        if phase != "Running" or not pid or not _alive(int(pid)):
+        if phase != "Running":
             raise LauncherError(f"local job {name} is {phase.lower()}: only a running job can be suspended")
-        os.kill(int(pid), SUSPEND_SIGNAL)  # the supervisor stops the pods with SIGTERM; rank 0 checkpoints first
+        pid = _supervisor(state)
+        if pid is None:
+            raise LauncherError(f"local job {name}: its supervisor is no longer running; nothing to suspend")
+        os.kill(pid, SUSPEND_SIGNAL)  # the supervisor stops the pods with SIGTERM; rank 0 checkpoints first
         deadline = time.monotonic() + timeout
         while (phase := self._state(name).get("phase", "?")) != "Suspended" and time.monotonic() < deadline:
-            if not _alive(int(pid)):
+            if not _alive(pid):
                 break
             time.sleep(0.5)
         phase = self._state(name).get("phase", "?")
         if phase != "Suspended":
-            raise LauncherError(f"local job {name} did not suspend within {timeout:.0f}s (it is {phase.lower()})")
+            why = f"within {timeout:.0f}s" if _alive(pid) else "(its supervisor exited first)"
+            raise LauncherError(f"local job {name} did not suspend {why}; it is {phase.lower()}")
         return (
             f"suspended local job {name}: its pods saved a checkpoint and stopped; "
             f"resume with: python -m launcher resume {name} --local"
@@ -232,15 +245,16 @@ class LocalBackend(Backend):
 
     def delete(self, name: str) -> builtins.list[str]:
         state = self._state(name)
-        pid = state.get("supervisor")
-        if pid and not self.status(name).finished and _alive(int(pid)):
+        pid = _supervisor(state)
+        if pid is not None and not self.status(name).finished:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
+                os.kill(pid, signal.SIGTERM)  # the supervisor stops the pods (they checkpoint first)
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not self.status(name).finished and _alive(int(pid)):
+            while time.monotonic() < deadline and not self.status(name).finished and _alive(pid):
                 time.sleep(0.5)
-            for pod in self._state(name).get("pods", []):
-                _kill_group(pod.get("pid"), signal.SIGKILL)
+        for pod in self._state(name).get("pods", []):  # what is still ours: never a PID reused by another process
+            if _same_process(pod.get("pid"), pod.get("start")):
+                _kill_group(pod["pid"], signal.SIGKILL)
         shutil.rmtree(self._dir(name), ignore_errors=True)
         return [f"local job {name} (processes, logs and state in {self._dir(name)})"]
 
@@ -281,6 +295,25 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the PID, an identity no
+    later process can take over."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _same_process(pid: Any, start: Any) -> bool:
+    """True when `pid` still is the process recorded with `start`, alive: never signal a reused PID."""
+    return bool(pid) and start is not None and _alive(int(pid)) and _start_time(int(pid)) == str(start)
+
+
+def _supervisor(state: dict[str, Any]) -> int | None:
+    pid = state.get("supervisor")
+    return int(pid) if _same_process(pid, state.get("supervisor_start")) else None
+
+
 def _kill_group(pid: Any, sig: int) -> None:
     if pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -293,7 +326,13 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
     saved = state_dir / OBJECTS
     objects = json.loads(saved.read_text()) if saved.exists() else render_objects(spec)
     previous = json.loads((state_dir / STATE).read_text()) if resume else {}
-    state: dict[str, Any] = {"phase": "Running", "pods": [], "supervisor": os.getpid(), "model": spec.model.name}
+    state: dict[str, Any] = {
+        "phase": "Running",
+        "pods": [],
+        "supervisor": os.getpid(),
+        "supervisor_start": _start_time(os.getpid()),
+        "model": spec.model.name,
+    }
     stop = {"signal": 0, "suspend": False}
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -336,7 +375,8 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
                 )
             )
         state["pods"] = [
-            {"index": i, "pid": p.pid, "phase": "Running", "restarts": restarts} for i, p in enumerate(procs)
+            {"index": i, "pid": p.pid, "start": _start_time(p.pid), "phase": "Running", "restarts": restarts}
+            for i, p in enumerate(procs)
         ]
         save()
         forwarded = False
