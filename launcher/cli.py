@@ -311,6 +311,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
     if args.command == "status":
         st = client.status(args.name)
         say(f"job {st.namespace}/{st.name}: {st.phase}")
+        if st.admission:
+            say(f"  kueue: {st.admission}")
         for pod in st.pods:
             say(
                 f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}"

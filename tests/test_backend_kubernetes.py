@@ -475,3 +475,62 @@ def test_jobset_status_suspend_resume_and_delete(api: FakeApiServer, capsys: pyt
     api.on("DELETE", JOBSET, Reply(200, {"kind": "Status", "status": "Success"}))
     assert main(["delete", "convit-tiny", "-n", NS]) == 0
     assert ("DELETE", JOBSET) in api.calls("DELETE")
+
+
+def test_a_job_kueue_manages_is_suspended_and_resumed_through_its_workload(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kueue owns the job's spec.suspend (it would undo ours): suspend/resume set the Workload's spec.active, and
+    status says where Kueue has the job."""
+    job = fixture("job-suspended.json")
+    job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "team-a"
+    uid = job["metadata"]["uid"]
+    workloads = f"/apis/kueue.x-k8s.io/v1beta1/namespaces/{NS}/workloads"
+    workload = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "Workload",
+        "metadata": {"name": "job-convit-tiny-3b7c1", "namespace": NS, "labels": {"kueue.x-k8s.io/job-uid": uid}},
+        "spec": {"active": True, "queueName": "team-a", "podSets": [{"name": "main", "count": 2}]},
+        "status": {
+            "conditions": [
+                {
+                    "type": "QuotaReserved",
+                    "status": "False",
+                    "reason": "Pending",
+                    "message": "insufficient quota for huawei.com/Ascend910 in flavor ascend-910b, 16 more needed",
+                    "lastTransitionTime": "2026-11-24T01:00:01Z",
+                }
+            ]
+        },
+    }
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(200, job))
+    api.on("GET", f"{CORE}/pods", Reply(200, {"kind": "PodList", "apiVersion": "v1", "items": []}))
+    api.on("GET", workloads, lambda r: Reply(200, {"kind": "WorkloadList", "apiVersion": "kueue.x-k8s.io/v1beta1",
+                                                   "items": [workload]}))  # fmt: skip
+
+    def patch(request: Request) -> Reply:
+        workload["spec"]["active"] = request.body["spec"]["active"]
+        return Reply(200, workload)
+
+    api.on("PATCH", f"{workloads}/job-convit-tiny-3b7c1", patch)
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "job ml/convit-tiny: Queued"
+    assert out[1] == (
+        "  kueue: queued in Kueue (LocalQueue team-a) (Pending: insufficient quota for huawei.com/Ascend910 in "
+        "flavor ascend-910b, 16 more needed)"
+    )
+    lookups = [r for r in api.requests if r.path == workloads]
+    assert lookups and all(r.query["labelSelector"] == [f"kueue.x-k8s.io/job-uid={uid}"] for r in lookups)
+    assert main(["suspend", "convit-tiny", "-n", NS]) == 0  # a queued job leaves the queue
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:-1] == [
+        "job ml/convit-tiny: Suspended",
+        "  kueue: deactivated in Kueue (LocalQueue team-a); resume reactivates it",
+    ]
+    assert main(["resume", "convit-tiny", "-n", NS]) == 0
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert [(r.path, r.body) for r in patches] == [
+        (f"{workloads}/job-convit-tiny-3b7c1", {"spec": {"active": v}}) for v in (False, True)
+    ]
+    assert not any(r.path.startswith(BATCH) for r in patches)  # never the job's own spec.suspend

@@ -50,6 +50,9 @@ def test_each_kind_finds_its_own_rendered_objects(backend: str) -> None:
         ("ascendjob", "cluster.backoff_limit=0", "reads a fault-retry-times / backoffLimit of 0 as unlimited"),
         ("volcano", "cluster.scheduler_name=default-scheduler", "its pods are always placed by volcano"),
         ("ascendjob", "cluster.scheduler_name=default-scheduler", "its pods are always placed by volcano"),
+        ("volcano", "cluster.kueue_queue=team-a", "Kueue has no integration for it"),
+        ("ascendjob", "cluster.kueue_queue=team-a", "Kueue has no integration for it"),
+        ("job", "cluster.kueue_priority_class=high", "kueue_priority_class needs cluster.kueue_queue"),
     ],
 )
 def test_values_a_controller_cannot_honour_are_refused_by_launcher_and_chart(
@@ -99,3 +102,20 @@ def test_scheduler_name_reaches_the_indexed_job_pods_in_launcher_and_chart() -> 
     assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
     volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano", *sets]))[-1]
     assert volcano["spec"]["schedulerName"] == "volcano"
+
+
+@pytest.mark.parametrize("backend", [b for b, k in KINDS.items() if k.kueue_admits])
+def test_kueue_queue_labels_the_workload_which_starts_suspended_in_launcher_and_chart(backend: str) -> None:
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    sets = [f"cluster.backend={backend}", "cluster.kueue_queue=team-a", "cluster.kueue_priority_class=high"]
+    ours = render_objects(load_job("convit_tiny", sets))
+    work = ours[-1]
+    assert work["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert work["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+    assert work["spec"]["suspend"] is True  # Kueue unsuspends it on admission
+    assert all("kueue.x-k8s.io/queue-name" not in o["metadata"]["labels"] for o in ours[:-1])
+    theirs = helm_objects(REPO / "jobs" / "convit_tiny.yaml", *sets)
+    assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
+    plain = render_objects(load_job("convit_tiny", [f"cluster.backend={backend}"]))[-1]
+    assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]

@@ -346,6 +346,19 @@ class ClusterSpec(_Section):
     termination_grace_seconds: Annotated[int, Field(ge=30, le=3600)] = Field(
         300, description="Grace period for the final checkpoint on SIGTERM."
     )
+    kueue_queue: str = Field(
+        "",
+        description=(
+            "Kueue LocalQueue that admits the job (job and jobset backends): the label kueue.x-k8s.io/queue-name, "
+            "the job created suspended; suspend/resume then go through its Kueue Workload."
+        ),
+        json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
+    )
+    kueue_priority_class: str = Field(
+        "",
+        description="Kueue WorkloadPriorityClass of the job (with kueue_queue): kueue.x-k8s.io/priority-class.",
+        json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
+    )
     scheduler_name: str = Field(
         "",
         description=(
@@ -371,9 +384,9 @@ class ClusterSpec(_Section):
         json_schema_extra=_schema(_K8S_QUANTITY.pattern),
     )
 
-    @field_validator("scheduler_name")
+    @field_validator("scheduler_name", "kueue_queue", "kueue_priority_class")
     @classmethod
-    def _scheduler(cls, value: str) -> str:
+    def _optional_dns_label(cls, value: str) -> str:
         return value and _check_dns_label(value, 63)
 
     @field_validator("namespace", "queue")

@@ -23,10 +23,11 @@ class PodStatus:
 class JobStatus:
     name: str
     namespace: str
-    phase: str  # Pending | Running | Suspending | Suspended | Succeeded | Failed | Stopped (local) | Unknown
+    phase: str  # Pending | Queued (Kueue) | Running | Suspending | Suspended | Succeeded | Failed | Stopped (local)
     pods: list[PodStatus] = field(default_factory=list)
     latest_progress: str | None = None
     result: str | None = None  # an evaluation's `evaluated N samples: top1 ...` line, once rank 0 printed it
+    admission: str | None = None  # under Kueue: queued (and why), admitted, evicted or deactivated
 
     @property
     def finished(self) -> bool:

@@ -18,7 +18,7 @@ from launcher.errors import LauncherError
 from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
 from launcher.render.common import APP, configmap_name
-from launcher.workloads import KINDS, Resource, Workload, for_object
+from launcher.workloads import KINDS, Resource, Workload, for_object, kueue
 
 T = TypeVar("T")
 CONTAINER = contract.CONTAINER_NAME
@@ -137,6 +137,23 @@ class KubernetesBackend(Backend):
         return spec.name
 
     # ---- finding a job -------------------------------------------------------------------------------------
+    def list_objects(self, resource: Resource, label_selector: str) -> builtins.list[dict[str, Any]]:
+        """Objects of `resource` in the namespace with these labels."""
+        r = resource
+        found = self._call(
+            "list",
+            r.plural,
+            lambda: self.custom.list_namespaced_custom_object(
+                r.group,
+                r.version,
+                self.namespace,
+                r.plural,
+                label_selector=label_selector,
+                _request_timeout=self.timeout,
+            ),
+        )
+        return builtins.list(found.get("items", []))
+
     def _get(self, kind: Workload, name: str) -> dict[str, Any]:
         r = kind.resource
         return dict(
@@ -200,7 +217,16 @@ class KubernetesBackend(Backend):
                 progress, result = latest_progress(lines), latest_result(lines)
             except LauncherError:
                 pass
-        return JobStatus(name, self.namespace, kind.phase(obj), pods, progress, result)
+        phase, admission = self._phase(kind, obj)
+        return JobStatus(name, self.namespace, phase, pods, progress, result, admission)
+
+    def _phase(self, kind: Workload, obj: dict[str, Any]) -> tuple[str, str | None]:
+        """The job's phase, and for a job Kueue manages, where Kueue has it (from its Workload)."""
+        phase = kind.phase(obj)
+        if not (kind.kueue_admits and kueue.managed(obj)):
+            return phase, None
+        workload = kueue.workload_of(self, obj)
+        return kueue.phase(phase, workload), kueue.admission(workload)
 
     def _finished(self, name: str) -> bool:
         kind, obj = self._workload(name)
@@ -284,7 +310,7 @@ class KubernetesBackend(Backend):
         kind, obj = self._workload(name)
         if not kind.suspendable:
             raise kind.no_suspend(self.namespace, name)
-        phase = kind.phase(obj)
+        phase, _admission = self._phase(kind, obj)
         if phase in ("Succeeded", "Failed"):
             raise LauncherError(f"job {self.namespace}/{name} has {phase.lower()}: nothing to {action}")
         return kind, obj, phase
@@ -295,7 +321,7 @@ class KubernetesBackend(Backend):
         kind, obj, phase = self._suspendable(name, "suspend")
         if phase in ("Suspending", "Suspended"):
             return f"job {self.namespace}/{name} is already {phase.lower()}"
-        kind.suspend(self, obj)
+        kind.suspend(self, obj)  # under Kueue: its Workload deactivated (Queued jobs too: they leave the queue)
         return (
             f"suspending job {self.namespace}/{name}: its pods get SIGTERM and rank 0 saves a checkpoint; "
             f"resume with: python -m launcher resume {name} -n {self.namespace}"

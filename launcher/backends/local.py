@@ -311,7 +311,7 @@ def _same_process(pid: Any, start: Any) -> bool:
 
 def _supervisor(state: dict[str, Any]) -> int | None:
     pid = state.get("supervisor")
-    return int(pid) if _same_process(pid, state.get("supervisor_start")) else None
+    return int(pid) if pid and _same_process(pid, state.get("supervisor_start")) else None
 
 
 def _kill_group(pid: Any, sig: int) -> None:

@@ -28,6 +28,7 @@ from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.errors import LauncherError
 from launcher.render.common import metadata, pod_template
+from launcher.workloads import kueue
 from launcher.workloads.base import (
     FAILED,
     PENDING,
@@ -68,6 +69,7 @@ class AscendJob(Workload):
 
     def check(self, spec: JobSpec) -> None:
         refuse_other_schedulers(spec, self.backend, "volcano")
+        kueue.refuse(spec, self.backend)
         c = spec.cluster
         if c.backoff_limit == 0:
             raise Unsupported(

@@ -51,6 +51,8 @@ class ClusterApi(Protocol):
 
     def patch(self, resource: Resource, name: str, body: Obj) -> Obj: ...
 
+    def list_objects(self, resource: Resource, label_selector: str) -> list[Obj]: ...
+
 
 class Unsupported(JobSpecError):
     """A job spec value this kind's controller cannot honour (exit code 2: retrying cannot help)."""
@@ -76,6 +78,7 @@ class Workload(abc.ABC):
     index_annotations: ClassVar[tuple[str, ...]] = ()
     index_labels: ClassVar[tuple[str, ...]] = ()
     suspendable: ClassVar[bool] = False  # True: suspend() and resume() stop and restart the pods, keeping the job
+    kueue_admits: ClassVar[bool] = False  # True: Kueue can admit it (launcher/workloads/kueue.py)
 
     # ---- rendering ---------------------------------------------------------------------------------------------
     def check(self, spec: JobSpec) -> None:

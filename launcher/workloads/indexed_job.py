@@ -12,6 +12,7 @@ from __future__ import annotations
 from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.render.common import cluster_env, metadata, pod_template, selector_labels
+from launcher.workloads import kueue
 from launcher.workloads.base import (
     FAILED,
     PENDING,
@@ -37,8 +38,12 @@ class IndexedJob(Workload):
     resource = Resource("batch", "v1", "jobs")
     summary = "Kubernetes Indexed Job + headless Service (any cluster; the pod with the failed index is replaced)"
     suspendable = True
+    kueue_admits = True
     index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
     index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
+
+    def check(self, spec: JobSpec) -> None:
+        kueue.check(spec)
 
     def objects(self, spec: JobSpec) -> list[Obj]:
         return [self.headless_service(spec), self.job(spec)]
@@ -65,6 +70,7 @@ class IndexedJob(Workload):
             *cluster_env(spec, sched_host),
         ]
         job_spec: Obj = {
+            **({"suspend": True} if c.kueue_queue else {}),  # created suspended: Kueue starts it on admission
             "completionMode": "Indexed",
             "completions": c.pods,
             "parallelism": c.pods,
@@ -96,7 +102,7 @@ class IndexedJob(Workload):
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": metadata(spec, spec.name, "worker"),
+            "metadata": metadata(spec, spec.name, "worker", kueue.labels(spec)),
             "spec": job_spec,
         }
 
@@ -120,11 +126,17 @@ class IndexedJob(Workload):
     def suspend(self, api: ClusterApi, obj: Obj) -> None:
         """spec.suspend=true: the Job controller deletes the active pods (SIGTERM, then the grace period for rank
         0's checkpoint)."""
-        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
+        if kueue.managed(obj):  # Kueue owns spec.suspend: deactivate its Workload instead
+            kueue.set_active(api, obj, False)
+        else:
+            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
 
     def resume(self, api: ClusterApi, obj: Obj) -> None:
         """spec.suspend=false: new pods, which resume from the newest checkpoint."""
-        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
+        if kueue.managed(obj):
+            kueue.set_active(api, obj, True)
+        else:
+            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
 
 
 WORKLOAD = IndexedJob()

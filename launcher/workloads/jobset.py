@@ -18,6 +18,7 @@ from __future__ import annotations
 from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.render.common import cluster_env, metadata, pod_template
+from launcher.workloads import kueue
 from launcher.workloads.base import (
     FAILED,
     PENDING,
@@ -44,10 +45,12 @@ class JobSetWorkload(Workload):
     resource = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets")
     summary = "JobSet (JobSet controller 0.8+; every pod recreated together on a failure)"
     suspendable = True
+    kueue_admits = True
     index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
     index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
 
     def check(self, spec: JobSpec) -> None:
+        kueue.check(spec)
         c = spec.cluster
         if c.active_deadline_seconds:
             raise Unsupported(
@@ -89,6 +92,7 @@ class JobSetWorkload(Workload):
             "template": pod_template(spec, env, "worker", scheduler_name=c.scheduler_name),
         }
         jobset_spec: Obj = {
+            **({"suspend": True} if c.kueue_queue else {}),  # created suspended: Kueue starts it on admission
             "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
             "failurePolicy": {
                 "maxRestarts": c.backoff_limit,
@@ -116,7 +120,7 @@ class JobSetWorkload(Workload):
             {
                 "apiVersion": self.resource.api_version,
                 "kind": self.kind,
-                "metadata": metadata(spec, spec.name, "worker"),
+                "metadata": metadata(spec, spec.name, "worker", kueue.labels(spec)),
                 "spec": jobset_spec,
             }
         ]
@@ -142,10 +146,16 @@ class JobSetWorkload(Workload):
 
     def suspend(self, api: ClusterApi, obj: Obj) -> None:
         """spec.suspend=true: the controller suspends the child Jobs, whose pods get SIGTERM (rank 0 checkpoints)."""
-        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
+        if kueue.managed(obj):  # Kueue owns spec.suspend: deactivate its Workload instead
+            kueue.set_active(api, obj, False)
+        else:
+            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
 
     def resume(self, api: ClusterApi, obj: Obj) -> None:
-        api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
+        if kueue.managed(obj):
+            kueue.set_active(api, obj, True)
+        else:
+            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
 
 
 WORKLOAD = JobSetWorkload()

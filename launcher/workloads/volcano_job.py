@@ -15,6 +15,7 @@ from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.errors import LauncherError
 from launcher.render.common import cluster_env, metadata, pod_template
+from launcher.workloads import kueue
 from launcher.workloads.base import (
     FAILED,
     SUCCEEDED,
@@ -52,6 +53,7 @@ class VolcanoJob(Workload):
 
     def check(self, spec: JobSpec) -> None:
         refuse_other_schedulers(spec, self.backend, "volcano")
+        kueue.refuse(spec, self.backend)
         if spec.cluster.active_deadline_seconds:
             raise Unsupported(
                 "cluster.active_deadline_seconds cannot be honoured on the volcano backend: the Volcano Job has no "

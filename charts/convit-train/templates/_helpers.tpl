@@ -190,3 +190,17 @@ spec:
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/* Kueue's labels on a job it admits (job and jobset backends): launcher/workloads/kueue.py */}}
+{{- define "convit-train.kueueLabels" -}}
+{{- $c := .Values.cluster -}}
+{{- if and $c.kueue_priority_class (not $c.kueue_queue) }}
+{{- fail "cluster.kueue_priority_class needs cluster.kueue_queue (the LocalQueue to admit the job)" }}
+{{- end }}
+{{- with $c.kueue_queue }}
+kueue.x-k8s.io/queue-name: {{ . | quote }}
+{{- end }}
+{{- with $c.kueue_priority_class }}
+kueue.x-k8s.io/priority-class: {{ . | quote }}
+{{- end }}
+{{- end }}
