@@ -392,3 +392,28 @@ def test_an_object_store_outage_during_the_upload_never_fails_training(
     assert store.exists("latest.json")
     assert not [k for k in store.list("compile-cache/") if k.endswith(".json")]  # no manifest: never used
     assert SECRET_KEY not in log
+
+
+@pytest.mark.slow
+def test_two_ranks_each_keep_their_own_graphs_and_a_replaced_pod_uses_both(sample: str, tmp_path: Path) -> None:
+    """With data parallelism each rank's graph files differ (its own collectives): each rank fetches its own."""
+    from tests.support.trainrun import run_pod
+
+    ckpt = f"file://{tmp_path}/ckpt"
+    sets = [*SETS, f"data.uri={sample}", f"checkpoint.uri={ckpt}"]
+    args = ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
+    logs = {}
+    for name, steps in (("first", 2), ("replaced", 4)):
+        env = {"CONVIT_CACHE_DIR": str(tmp_path / name), "CONVIT_DEBUG_LOG": "1", "GLOG_v": "2"}
+        code, logs[name] = run_pod([*args, "--max-steps", str(steps)], tmp_path, name, local=2, extra_env=env)
+        assert code == 0, logs[name][-3000:]
+    store = open_storage(ckpt).child("compile-cache")
+    manifests = {k.rsplit("/", 1)[1]: json.loads(store.get(k))["files"] for k in store.list() if k.endswith(".json")}
+    assert sorted(manifests) == ["rank_0.json", "rank_1.json"]
+    rank0, rank1 = manifests["rank_0.json"], manifests["rank_1.json"]
+    assert rank0.keys() == rank1.keys() and rank0 != rank1  # the same graphs, not the same files
+    assert "compile cache: fetched 5 files" in logs["replaced"]  # rank 0's line (the other ranks print none)
+    assert logs["replaced"].count(USED) >= 2 and "Execute all the compilation actions" not in logs["replaced"]
+    for rank, manifest in enumerate((rank0, rank1)):
+        (folder,) = (tmp_path / "replaced" / "compile").glob(f"*/rank_{rank}")
+        assert manifest_of(scan(folder)) == manifest
