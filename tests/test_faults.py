@@ -207,3 +207,39 @@ def test_a_rank_lost_in_another_pod_ends_every_pod_with_one_line(tmp_path: Path)
     assert len(errors[0]) == 1 and errors[0][0].startswith("ERROR: pod 0: lost "), texts[0][-3000:]
     assert "restarts the job" in errors[0][0]
     assert not any("Traceback" in text for text in texts)
+
+
+def test_a_survivor_that_loses_its_peers_says_so_in_one_line(tmp_path: Path) -> None:
+    """Pod 0 (the scheduler and rank 0) is lost: pod 1's rank waits in its AllReduce until MindSpore's CPU collective
+    timeout (20 s here), then the trainer turns the RuntimeError into the pod's one line and a retriable exit."""
+    from convit.errors import LOST_PEER_EXIT
+
+    args = _lost_peer_args(tmp_path)
+    port = free_port()
+    timeouts = {"MS_NODE_TIMEOUT": "20"}  # the CPU collectives' timeout too (MS_CPU_COMM_OP_TIMEOUT unset)
+    runs = [
+        PodRun(
+            args,
+            pod_env(2, 1, i, port, {"CONVIT_CACHE_DIR": str(tmp_path / f"cache{i}"), **timeouts}),
+            tmp_path / f"pod{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        _after_first_step(tmp_path / "cache1", 1, runs)
+        runs[0].kill_group()  # the whole pod at once: its supervisor, the scheduler and rank 0
+        killed = time.monotonic()
+        code = runs[1].wait(120)
+        took = time.monotonic() - killed
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.kill_group()
+        runs[0].wait(30)
+    text = runs[1].text()
+    errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
+    print(f"pod 1 ended {took:.1f}s after pod 0 was killed, exit code {code}: {errors}")
+    assert code == LOST_PEER_EXIT and took < 60, (code, took, text[-3000:])
+    assert len(errors) == 1 and errors[0].startswith("ERROR: pod 1: lost a peer rank after step "), text[-3000:]
+    assert "(MindSpore: " in errors[0] and "restarts the job" in errors[0]
+    assert "Traceback" not in text

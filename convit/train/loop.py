@@ -313,6 +313,8 @@ class Trainer:
             self.checkpoints.wait()  # an upload begun before the loss still completes, so the restart can use it
         except ConvitError as exc:
             log.warning("the last checkpoint upload failed: %s", exc)
+        for loader in (self.train_loader, self.val_loader):  # its processes and shared memory: gone with the exit
+            loader.close()
         exit_lost_peer(
             f"lost a peer rank after step {self.global_step} (MindSpore: {reason}); "
             "exiting so the controller restarts the job"
