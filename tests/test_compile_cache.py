@@ -165,7 +165,9 @@ def test_compile_cache_0_turns_everything_off(monkeypatch: pytest.MonkeyPatch, t
 
     spec = load_job("convit_tiny", [f"checkpoint.uri=file://{tmp_path}/ckpt"])
     monkeypatch.setenv("CONVIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MS_COMPILER_CACHE_PATH", raising=False)
+    for name in ("MS_COMPILER_CACHE_PATH", "MS_COMPILER_CACHE_ENABLE"):  # set below: undone after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("CONVIT_COMPILE_CACHE", "0")
     cache = enable_compile_cache(spec, 1, 10)
     assert cache.folder is None and "MS_COMPILER_CACHE_PATH" not in os.environ
