@@ -229,7 +229,7 @@ def test_submit_evaluate_creates_the_training_objects_running_convit_evaluate(
         (container,) = template["spec"]["containers"]
         assert container["command"] == list(contract.POD_COMMAND)
         assert container["args"] == ["--module", "convit.evaluate", "--job", contract.JOB_FILE, "--weights", WEIGHTS]
-        container["args"] = ["--job", contract.JOB_FILE]
+    KINDS[backend].set_args(bodies[-1], ["--job", contract.JOB_FILE])
     assert bodies == train
 
 

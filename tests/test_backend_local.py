@@ -126,7 +126,7 @@ def _worker_pids(state_dir: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        mine = f"CONVIT_CACHE_DIR={state_dir}/pods/".encode() in env
+        mine = any(e.startswith(f"CONVIT_CACHE_DIR={state_dir}/pods/".encode()) for e in env)
         if b"convit.train" in cmdline and b"MS_ROLE=MS_WORKER" in env and mine:
             pids.append(int(proc.name))
     return pids

@@ -60,6 +60,9 @@ def _templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
     kind = next((k for k in KINDS.values() if k.matches(obj)), None)
     if kind is None:
         return []
+    if obj["kind"] == "TrainJob":  # the pod labels it patches into the runtime's template
+        patch = obj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+        return [patch["template"]["spec"]["template"]]
     out = kind.pod_templates(obj)
     if obj["kind"] == "JobSet":
         out += [r["template"] for r in obj["spec"]["replicatedJobs"]]
@@ -164,7 +167,12 @@ def test_rbac_is_minimal_and_valid() -> None:
         for g in rule["apiGroups"]
         for r in rule["resources"]
     }
-    assert patchable == {("batch", "jobs"), ("jobset.x-k8s.io", "jobsets")}  # suspend/resume through spec.suspend
+    assert patchable == {  # suspend/resume: spec.suspend, or under Kueue the Workload's spec.active
+        ("batch", "jobs"),
+        ("jobset.x-k8s.io", "jobsets"),
+        ("trainer.kubeflow.org", "trainjobs"),
+        ("kueue.x-k8s.io", "workloads"),
+    }
     from launcher.workloads import KINDS
 
     for kind in KINDS.values():  # every workload kind the launcher can submit, and nothing more

@@ -30,6 +30,7 @@ from tests.support.controllers import (
     AscendJobOperator,
     IndexedJob,
     JobSetController,
+    TrainerController,
     VolcanoJob,
     emulator,
     run_pods,
@@ -208,12 +209,11 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"file://{root}"
 
 
+# Two pods of one NPU each train under every controller in tests/test_recovery.py (with faults); here the other
+# shapes: the AscendJob's Scheduler pod beside one Worker of two NPUs, and Trainer's pods from runtime + TrainJob.
 CASES = [
     pytest.param("ascendjob", 1, 2, id="ascendjob-scheduler+1x2"),
-    pytest.param("ascendjob", 2, 1, id="ascendjob-scheduler+2x1"),
-    pytest.param("volcano", 2, 1, id="volcano-2x1"),
-    pytest.param("job", 2, 1, id="indexed-2x1"),
-    pytest.param("jobset", 2, 1, id="jobset-2x1"),
+    pytest.param("trainjob", 2, 1, id="trainjob-2x1"),
 ]
 
 
@@ -250,7 +250,7 @@ def test_controller_pods_train_to_the_end(
     logs = {r.pod.name: r.text() for r in running}
     assert codes == [0] * len(running), "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
     outcomes = [
-        ctl.pod_finished(i if isinstance(ctl, (IndexedJob, JobSetController)) else r.pod.name, 0)  # type: ignore[arg-type]
+        ctl.pod_finished(i if isinstance(ctl, (IndexedJob, JobSetController, TrainerController)) else r.pod.name, 0)  # type: ignore[arg-type]
         for i, r in enumerate(running)
     ]
     assert outcomes[-1] == SUCCEEDED
@@ -259,3 +259,49 @@ def test_controller_pods_train_to_the_end(
     assert json.loads((out / "latest.json").read_text())["step"] == 2
     if backend == "ascendjob":  # the Scheduler pod trained nothing; the Worker pods started no scheduler
         assert "step 1/" not in logs[created[0].name]
+
+
+def test_trainer_builds_from_our_runtime_and_a_trainjob_exactly_the_pod_every_other_kind_renders() -> None:
+    """The TrainJob and the ClusterTrainingRuntime are one pod split in two (launcher/workloads/trainjob.py):
+    Trainer's merge of them (runtimePatches, numNodes, trainer image/command/args/env, resourcesPerNode) must give
+    back exactly that pod, and the pods a JobSet of Indexed pods gets."""
+    from launcher.workloads.trainjob import full_pod
+
+    spec = load_job("convit_tiny", ["cluster.backend=trainjob", "name=tiny", "cluster.pods=2",
+                                    "cluster.tolerations=[{key: npu, effect: NoSchedule}]"])  # fmt: skip
+    objects = render_objects(spec)
+    ctl = emulator(objects[-1])
+    assert isinstance(ctl, TrainerController)
+    (rjob,) = ctl.jobset["spec"]["replicatedJobs"]
+    built = rjob["template"]["spec"]["template"]
+    expected = full_pod(spec)
+
+    def canonical(pod: dict) -> dict:  # type: ignore[type-arg]
+        pod = json.loads(json.dumps(pod))
+        for key in ("volumes",):
+            pod["spec"][key] = sorted(pod["spec"][key], key=lambda v: v["name"])
+        ctr = pod["spec"]["containers"][0]
+        ctr["volumeMounts"] = sorted(ctr["volumeMounts"], key=lambda m: m["mountPath"])
+        ctr["env"] = sorted(ctr["env"], key=lambda e: e["name"])
+        return {"labels": pod["metadata"]["labels"], "spec": pod["spec"]}
+
+    assert canonical(built) == canonical(expected)
+    assert built["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "tiny"  # Volcano's PodGroup
+    assert rjob["template"]["spec"]["completions"] == rjob["template"]["spec"]["parallelism"] == 2
+    pods = ctl.pods()
+    assert [p.hostname for p in pods] == ["tiny-node-0-0", "tiny-node-0-1"]
+    env = pods[1].env()
+    assert env[contract.ENV_NODE_RANK] == "1" and env[contract.ENV_SCHED_HOST] == "tiny-node-0-0.tiny"
+    assert env[contract.ENV_SCHED_HOST] in ctl.services()
+    assert ctl.pod_finished(1, 2) == FAIL_JOB  # exit code 2 of container `node`: the bad-job-file rule
+    fresh = emulator(objects[-1])
+    assert fresh.pod_finished(1, 137) == RESTART_JOB  # the gang restarts, up to the runtime's maxRestarts
+
+
+def test_our_runtime_is_the_same_for_every_job() -> None:
+    from launcher.workloads.trainjob import runtime
+
+    a = runtime(load_job("convit_tiny", ["cluster.backend=trainjob"]))
+    b = runtime(load_job("convit_base_plus", ["cluster.backend=trainjob", "name=other", "cluster.pods=4",
+                                              "cluster.shm_size=8Gi", "cluster.image=registry/x:1"]))  # fmt: skip
+    assert a == b

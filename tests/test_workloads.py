@@ -3,10 +3,12 @@ the spec values its controller cannot honour, in the launcher and the chart alik
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from convit.jobspec import load_job
 from convit.jobspec.load import JobSpecError
@@ -119,3 +121,41 @@ def test_kueue_queue_labels_the_workload_which_starts_suspended_in_launcher_and_
     assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
     plain = render_objects(load_job("convit_tiny", [f"cluster.backend={backend}"]))[-1]
     assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_the_chart_installs_the_same_trainer_runtime_and_both_validate_against_the_crd() -> None:
+    from launcher.workloads.trainjob import runtime
+    from tests.support.k8s_schema import validate
+    from tests.test_chart import CHART, REPO, helm
+
+    ours = runtime(load_job("convit_tiny", ["cluster.backend=trainjob"]))
+    result = helm(
+        "template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_small.yaml"),
+        "--set", "trainerRuntime.create=true", "-s", "templates/trainer-runtime.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    theirs = yaml.safe_load(result.stdout)
+    assert theirs == ours
+    validate(ours)
+    trainjob = render_objects(load_job("convit_tiny", ["cluster.backend=trainjob", "cluster.pods=2"]))[-1]
+    validate(trainjob)
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("cluster.backoff_limit=2", "restarts are the runtime's failurePolicy.maxRestarts (6)"),
+        ("cluster.image_pull_policy=Always", "the runtime's is IfNotPresent"),
+        ("cluster.scheduler_name=default-scheduler", "its pods are always placed by volcano"),
+    ],
+)
+def test_trainjob_refuses_what_a_trainjob_cannot_patch(setting: str, complaint: str) -> None:
+    from tests.test_chart import CHART, REPO, helm
+
+    with pytest.raises(JobSpecError, match=re.escape(complaint)):
+        render_objects(load_job("convit_tiny", ["cluster.backend=trainjob", setting]))
+    chart = helm(
+        "template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"),
+        "--set", "cluster.backend=trainjob", "--set", setting,
+    )  # fmt: skip
+    assert chart.returncode != 0 and complaint in chart.stderr

@@ -35,6 +35,8 @@ AWS_ENDPOINT_URL_S3, the region as AWS_REGION and the addressing style as CONVIT
 from __future__ import annotations
 
 CONTAINER_NAME = "ascend"  # AscendJob requires this name (ascend-common api.DefaultContainerName)
+TRAINER_CONTAINER_NAME = "node"  # Kubeflow Trainer's runtimes require this one (pkg/constants Node)
+CONTAINER_NAMES = (CONTAINER_NAME, TRAINER_CONTAINER_NAME)
 JOB_FILE_DIR = "/etc/convit"
 JOB_FILE_NAME = "job.json"
 JOB_FILE = f"{JOB_FILE_DIR}/{JOB_FILE_NAME}"

@@ -31,6 +31,20 @@ RBAC_SCHEMA = {
     },
 }
 RBAC_DEFAULTS = {"create": False, "serviceAccount": "convit-launcher"}
+# Chart-only values: Kubeflow Trainer's ClusterTrainingRuntime for MindSpore (the trainjob backend runs on it).
+TRAINER_RUNTIME_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Kubeflow Trainer's ClusterTrainingRuntime mindspore-ascend, which the trainjob backend needs.",
+    "properties": {
+        "create": {
+            "type": "boolean",
+            "default": False,
+            "description": "Render the ClusterTrainingRuntime (cluster-scoped; install it once per cluster).",
+        },
+    },
+}
+TRAINER_RUNTIME_DEFAULTS = {"create": False}
 
 
 def values_schema() -> dict[str, Any]:
@@ -38,6 +52,7 @@ def values_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convit-train values (a job file from jobs/)"
     schema["properties"]["rbac"] = RBAC_SCHEMA
+    schema["properties"]["trainerRuntime"] = TRAINER_RUNTIME_SCHEMA
     return schema
 
 
@@ -62,7 +77,8 @@ def values_yaml() -> str:
         "# come from a job file: helm install NAME charts/convit-train -f jobs/convit_small_plus.yaml\n"
         "# Every value is described in values.schema.json and README.md.\n"
     )
-    return header + yaml.safe_dump({**_defaults(JobSpec), "rbac": RBAC_DEFAULTS}, sort_keys=False)
+    chart_only = {"rbac": RBAC_DEFAULTS, "trainerRuntime": TRAINER_RUNTIME_DEFAULTS}
+    return header + yaml.safe_dump({**_defaults(JobSpec), **chart_only}, sort_keys=False)
 
 
 def _rows(schema: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> list[str]:
@@ -104,16 +120,19 @@ A distributed ConViT training job on Ascend 910 NPUs, from the same job values a
 
 {backends}
 
-A ConfigMap holds the job file the trainer reads. tests/test_chart.py renders this chart with helm and compares
-every object with `python -m launcher render`.
+The trainjob backend runs on Kubeflow Trainer's ClusterTrainingRuntime `mindspore-ascend`, which this chart
+renders with `--set trainerRuntime.create=true` (cluster-scoped: install it once per cluster, e.g.
+`helm template x charts/convit-train -f jobs/convit_tiny.yaml --set trainerRuntime.create=true -s
+templates/trainer-runtime.yaml | kubectl apply -f -`). A ConfigMap holds the job file the trainer reads.
+tests/test_chart.py renders this chart with helm and compares every object with `python -m launcher render`.
 
 ## Permissions
 
 `--set rbac.create=true` creates a ServiceAccount, Role and RoleBinding with what the launcher needs and nothing
-more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs, AscendJobs and JobSets;
-get/list/watch on Pods; get on pods/log; patch on batch Jobs and JobSets and create on Volcano Commands (`launcher
-suspend`/`resume`). It grants nothing on Secrets: the pods read the S3 Secret through
-`secretKeyRef`, which needs no RBAC.
+more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs, AscendJobs, JobSets and
+TrainJobs; get/list/watch on Pods; get on pods/log; patch on batch Jobs, JobSets and TrainJobs, get/list/patch on
+Kueue Workloads and create on Volcano Commands (`launcher suspend`/`resume`). It grants nothing on Secrets: the
+pods read the S3 Secret through `secretKeyRef`, which needs no RBAC.
 
 ## Values
 

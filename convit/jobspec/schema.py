@@ -292,7 +292,7 @@ class Toleration(_Section):
 class ClusterSpec(_Section):
     """The job's shape on Kubernetes (ignored by the trainer itself)."""
 
-    backend: Literal["job", "volcano", "ascendjob", "jobset"] = Field(
+    backend: Literal["job", "volcano", "ascendjob", "jobset", "trainjob"] = Field(
         "job", description="Which workload kind to render (launcher/workloads: one module per kind)."
     )
     namespace: str = Field(
@@ -349,7 +349,7 @@ class ClusterSpec(_Section):
     kueue_queue: str = Field(
         "",
         description=(
-            "Kueue LocalQueue that admits the job (job and jobset backends): the label kueue.x-k8s.io/queue-name, "
+            "Kueue LocalQueue that admits the job (job, jobset, trainjob): the label kueue.x-k8s.io/queue-name, "
             "the job created suspended; suspend/resume then go through its Kueue Workload."
         ),
         json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),

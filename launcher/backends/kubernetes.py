@@ -21,7 +21,6 @@ from launcher.render.common import APP, configmap_name
 from launcher.workloads import KINDS, Resource, Workload, for_object, kueue
 
 T = TypeVar("T")
-CONTAINER = contract.CONTAINER_NAME
 CORE_KINDS = ("ConfigMap", "Service")  # the core objects a job creates beside its workload
 
 
@@ -196,7 +195,9 @@ class KubernetesBackend(Backend):
     # ---- status, logs ---------------------------------------------------------------------------------------
     def status(self, name: str) -> JobStatus:
         kind, obj = self._workload(name)
-        pods = [_pod_status(p) for p in self._pods(name)]
+        raw = self._pods(name)
+        containers = {p["metadata"]["name"]: _container(p) for p in raw}
+        pods = [_pod_status(p) for p in raw]
         pods.sort(key=lambda p: (p.index, p.name))
         progress = result = None
         rank0 = [p for p in pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")]
@@ -208,7 +209,7 @@ class KubernetesBackend(Backend):
                     lambda: self.core.read_namespaced_pod_log(
                         rank0[-1].name,
                         self.namespace,
-                        container=CONTAINER,
+                        container=containers[rank0[-1].name],
                         tail_lines=200,
                         _request_timeout=self.timeout,
                     ),
@@ -247,7 +248,8 @@ class KubernetesBackend(Backend):
             if ready and key != seen:
                 assert pod is not None and key is not None
                 seen = key
-                yield from (prefix + line for line in self._stream(pod["metadata"]["name"], follow))
+                lines = self._stream(pod["metadata"]["name"], _container(pod), follow)
+                yield from (prefix + line for line in lines)
                 if not follow:
                     return
             elif not follow:
@@ -258,12 +260,12 @@ class KubernetesBackend(Backend):
                 return
             time.sleep(2)
 
-    def _stream(self, pod: str, follow: bool) -> Iterator[str]:
+    def _stream(self, pod: str, container: str, follow: bool) -> Iterator[str]:
         response = self._call(
             "read logs of",
             f"pod {pod!r}",
             lambda: self.core.read_namespaced_pod_log(
-                pod, self.namespace, container=CONTAINER, follow=follow, _preload_content=False
+                pod, self.namespace, container=container, follow=follow, _preload_content=False
             ),
         )
         buffer = b""
@@ -435,6 +437,12 @@ def _pod_index(pod: dict[str, Any]) -> int:
         if index is not None:
             return index
     return -1
+
+
+def _container(pod: dict[str, Any]) -> str:
+    """The training container of a pod: `ascend`, or `node` in a Kubeflow Trainer pod."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    return next((n for n in names if n in contract.CONTAINER_NAMES), contract.CONTAINER_NAME)
 
 
 def _pod_status(pod: dict[str, Any]) -> PodStatus:

@@ -75,7 +75,13 @@ def cluster_env(spec: JobSpec, sched_host: str) -> list[Obj]:
     ]
 
 
-def container(spec: JobSpec, env: list[Obj], npus: bool = True, ports: list[Obj] | None = None) -> Obj:
+def container(
+    spec: JobSpec,
+    env: list[Obj],
+    npus: bool = True,
+    ports: list[Obj] | None = None,
+    name: str = contract.CONTAINER_NAME,
+) -> Obj:
     """The training container. Without NPUs (the AscendJob's Scheduler pod) it asks for the small scheduler
     resources instead of a whole server."""
     c = spec.cluster
@@ -104,7 +110,7 @@ def container(spec: JobSpec, env: list[Obj], npus: bool = True, ports: list[Obj]
     if npus:
         mounts.append({"name": "ascend-driver", "mountPath": DRIVER_PATH, "readOnly": True})
     out: Obj = {
-        "name": contract.CONTAINER_NAME,
+        "name": name,
         "image": c.image,
         "imagePullPolicy": c.image_pull_policy,
         "command": list(contract.POD_COMMAND),
@@ -146,6 +152,7 @@ def pod_spec(
     restart_policy: str | None = "Never",
     ports: list[Obj] | None = None,
     scheduler_name: str = "",
+    container_name: str = contract.CONTAINER_NAME,
 ) -> Obj:
     c = spec.cluster
     pod: Obj = {}
@@ -162,7 +169,7 @@ def pod_spec(
             "supplementalGroups": [DRIVER_GID],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container(spec, env, npus, ports)],
+        "containers": [container(spec, env, npus, ports, container_name)],
         "volumes": volumes(spec, npus),
     }
     if subdomain:
@@ -187,6 +194,7 @@ def pod_template(
     restart_policy: str | None = "Never",
     ports: list[Obj] | None = None,
     scheduler_name: str = "",
+    container_name: str = contract.CONTAINER_NAME,
 ) -> Obj:
     return {
         "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
@@ -198,5 +206,6 @@ def pod_template(
             restart_policy=restart_policy,
             ports=ports,
             scheduler_name=scheduler_name,
+            container_name=container_name,
         ),
     }

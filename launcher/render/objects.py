@@ -55,7 +55,5 @@ def render_objects(spec: JobSpec, *, evaluate: str | None = None) -> list[Obj]:
     kind.check(spec)
     objects = [configmap(spec), *kind.objects(spec)]
     if evaluate is not None:
-        for template in kind.pod_templates(objects[-1]):
-            for item in template["spec"]["containers"]:
-                item["args"] = evaluation_args(evaluate)
+        kind.set_args(objects[-1], evaluation_args(evaluate))
     return objects

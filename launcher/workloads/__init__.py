@@ -7,11 +7,12 @@ tests/support/controllers.py, and their tests (tests/test_workloads.py checks th
 
 from __future__ import annotations
 
-from launcher.workloads import ascend_job, indexed_job, jobset, volcano_job
+from launcher.workloads import ascend_job, indexed_job, jobset, trainjob, volcano_job
 from launcher.workloads.base import Obj, Resource, Unsupported, Workload
 
 KINDS: dict[str, Workload] = {
-    w.backend: w for w in (indexed_job.WORKLOAD, volcano_job.WORKLOAD, ascend_job.WORKLOAD, jobset.WORKLOAD)
+    w.backend: w
+    for w in (indexed_job.WORKLOAD, volcano_job.WORKLOAD, ascend_job.WORKLOAD, jobset.WORKLOAD, trainjob.WORKLOAD)
 }
 BACKENDS = tuple(KINDS)
 

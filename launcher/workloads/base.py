@@ -12,6 +12,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from convit.cluster import contract
 from convit.jobspec import JobSpec
 from convit.jobspec.load import JobSpecError
 
@@ -78,6 +79,7 @@ class Workload(abc.ABC):
     index_annotations: ClassVar[tuple[str, ...]] = ()
     index_labels: ClassVar[tuple[str, ...]] = ()
     suspendable: ClassVar[bool] = False  # True: suspend() and resume() stop and restart the pods, keeping the job
+    container: ClassVar[str] = contract.CONTAINER_NAME  # the training container's name in its pods
     kueue_admits: ClassVar[bool] = False  # True: Kueue can admit it (launcher/workloads/kueue.py)
 
     # ---- rendering ---------------------------------------------------------------------------------------------
@@ -96,6 +98,12 @@ class Workload(abc.ABC):
     @abc.abstractmethod
     def pod_templates(self, obj: Obj) -> list[Obj]:
         """Every pod template of a rendered workload."""
+
+    def set_args(self, obj: Obj, args: list[str]) -> None:
+        """Give every training container these arguments (an evaluation job runs convit.evaluate)."""
+        for template in self.pod_templates(obj):
+            for item in template["spec"]["containers"]:
+                item["args"] = list(args)
 
     def worker_template(self, obj: Obj) -> Obj:
         """The template of the training pods (local mode runs it once per pod)."""

@@ -39,6 +39,52 @@ POD_FAILURE_POLICY_REASON = "PodFailurePolicy"  # the child Job's failure reason
 POD_NAME_MAX = 63  # pod names are DNS-1035 labels; the webhook checks the longest one with a 5-character suffix
 
 
+def pod_env(spec: JobSpec, rjob: str) -> list[Obj]:
+    """The MindSpore cluster variables of a JobSet's pods: the rank from the child Job's completion index, the
+    scheduler at pod 0's hostname under the JobSet's Service (a TrainJob's JobSet is named after the TrainJob)."""
+    sched_host = f"{contract.jobset_pod_hostname(spec.name, rjob, 0, 0)}.{spec.name}"
+    return [
+        {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        *cluster_env(spec, sched_host),
+    ]
+
+
+def gang_spec(rjob: str, container: str, max_restarts: int, pods: int, template: Obj, labels: dict[str, str]) -> Obj:
+    """A JobSet spec that runs `pods` Indexed pods of `template` as one gang: one failed pod restarts all of them,
+    exit code 2 of `container` fails the JobSet at once. Shared with Kubeflow Trainer's runtime (trainjob.py)."""
+    child: Obj = {
+        "completionMode": "Indexed",
+        "completions": pods,
+        "parallelism": pods,
+        "backoffLimit": 0,  # one failed pod fails the child Job, and the JobSet restarts every pod
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": container,
+                        "operator": "In",
+                        "values": list(NEVER_RETRY_EXIT_CODES),
+                    },
+                }
+            ]
+        },
+        "template": template,
+    }
+    return {
+        "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+        "failurePolicy": {
+            "maxRestarts": max_restarts,
+            "restartStrategy": "BlockingRecreate",
+            "rules": [
+                {"name": BAD_JOB_FILE_RULE, "action": "FailJobSet", "onJobFailureReasons": [POD_FAILURE_POLICY_REASON]}
+            ],
+        },
+        "successPolicy": {"operator": "All", "targetReplicatedJobs": [rjob]},
+        "replicatedJobs": [{"name": rjob, "replicas": 1, "template": {"metadata": {"labels": labels}, "spec": child}}],
+    }
+
+
 class JobSetWorkload(Workload):
     backend = "jobset"
     kind = "JobSet"
@@ -57,62 +103,25 @@ class JobSetWorkload(Workload):
                 "cluster.active_deadline_seconds cannot be honoured on the jobset backend: a JobSet has no deadline "
                 "and a child Job's would start again with every restart; use the job backend, or set it to 0"
             )
-        longest = contract.jobset_pod_hostname(spec.name, contract.JOBSET_REPLICATED_JOB, 0, c.pods - 1) + "-abcde"
+        self.check_pod_names(spec, contract.JOBSET_REPLICATED_JOB)
+
+    def check_pod_names(self, spec: JobSpec, rjob: str) -> None:
+        """The webhook refuses a JobSet whose longest pod name (with its 5-character suffix) is not a DNS label."""
+        longest = contract.jobset_pod_hostname(spec.name, rjob, 0, spec.cluster.pods - 1) + "-abcde"
         if len(longest) > POD_NAME_MAX:
             raise Unsupported(
-                f"job name {spec.name!r} is too long for {c.pods} pods on the jobset backend: the pod name "
-                f"{longest!r} would exceed {POD_NAME_MAX} characters"
+                f"job name {spec.name!r} is too long for {spec.cluster.pods} pods on the {self.backend} backend: "
+                f"the pod name {longest!r} would exceed {POD_NAME_MAX} characters"
             )
 
     def objects(self, spec: JobSpec) -> list[Obj]:
         c = spec.cluster
         rjob = contract.JOBSET_REPLICATED_JOB
-        sched_host = f"{contract.jobset_pod_hostname(spec.name, rjob, 0, 0)}.{spec.name}"
-        env = [
-            {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
-            *cluster_env(spec, sched_host),
-        ]
-        child: Obj = {
-            "completionMode": "Indexed",
-            "completions": c.pods,
-            "parallelism": c.pods,
-            "backoffLimit": 0,  # one failed pod fails the child Job, and the JobSet restarts every pod
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": contract.CONTAINER_NAME,
-                            "operator": "In",
-                            "values": list(NEVER_RETRY_EXIT_CODES),
-                        },
-                    }
-                ]
-            },
-            "template": pod_template(spec, env, "worker", scheduler_name=c.scheduler_name),
-        }
+        template = pod_template(spec, pod_env(spec, rjob), "worker", scheduler_name=c.scheduler_name)
+        labels = metadata(spec, spec.name, "worker")["labels"]
         jobset_spec: Obj = {
             **({"suspend": True} if c.kueue_queue else {}),  # created suspended: Kueue starts it on admission
-            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
-            "failurePolicy": {
-                "maxRestarts": c.backoff_limit,
-                "restartStrategy": "BlockingRecreate",
-                "rules": [
-                    {
-                        "name": BAD_JOB_FILE_RULE,
-                        "action": "FailJobSet",
-                        "onJobFailureReasons": [POD_FAILURE_POLICY_REASON],
-                    }
-                ],
-            },
-            "successPolicy": {"operator": "All", "targetReplicatedJobs": [rjob]},
-            "replicatedJobs": [
-                {
-                    "name": rjob,
-                    "replicas": 1,
-                    "template": {"metadata": {"labels": metadata(spec, spec.name, "worker")["labels"]}, "spec": child},
-                }
-            ],
+            **gang_spec(rjob, contract.CONTAINER_NAME, c.backoff_limit, c.pods, template, labels),
         }
         if c.ttl_seconds_after_finished:
             jobset_spec["ttlSecondsAfterFinished"] = c.ttl_seconds_after_finished

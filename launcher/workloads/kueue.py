@@ -1,4 +1,5 @@
-"""Kueue admission for the kinds Kueue integrates (batch/v1 Job, JobSet), as facts and helpers their modules use.
+"""Kueue admission for the kinds Kueue integrates (batch/v1 Job, JobSet, TrainJob), as facts and helpers their
+modules use.
 
 Facts (kubernetes-sigs/kueue ff69552): a job joins a LocalQueue through the label `kueue.x-k8s.io/queue-name`
 (pkg/controller/constants), optionally with `kueue.x-k8s.io/priority-class` (a WorkloadPriorityClass). Kueue's
@@ -36,7 +37,7 @@ def refuse(spec: JobSpec, backend: str) -> None:
     if spec.cluster.kueue_queue or spec.cluster.kueue_priority_class:
         raise Unsupported(
             f"cluster.kueue_queue cannot be used on the {backend} backend: Kueue has no integration for it "
-            "(use the job or jobset backend)"
+            "(use the job, jobset or trainjob backend)"
         )
     return None
 

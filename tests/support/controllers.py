@@ -58,7 +58,7 @@ class Pod:
         return str(self.spec.get("subdomain", ""))
 
     def container(self) -> Obj:
-        return next(c for c in self.spec["containers"] if c["name"] == contract.CONTAINER_NAME)
+        return next(c for c in self.spec["containers"] if c["name"] in contract.CONTAINER_NAMES)
 
     def env(self, config_maps: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
         """The container's environment as the kubelet resolves it (kubelet_pods.go makeEnvironmentVariables):
@@ -150,7 +150,7 @@ class IndexedJob:
             ):
                 return self._act(rule["action"])
             codes = rule.get("onExitCodes")
-            if codes and exit_code not in (DISRUPTION, EVICTED) and codes["containerName"] == contract.CONTAINER_NAME:
+            if codes and exit_code not in (DISRUPTION, EVICTED) and codes["containerName"] in contract.CONTAINER_NAMES:
                 hit = exit_code in codes["values"]
                 if hit == (codes["operator"] == "In"):
                     return self._act(rule["action"])
@@ -465,19 +465,130 @@ class JobSetController:
         return RESTART_JOB
 
 
-EMULATORS: dict[str, type[IndexedJob | VolcanoJob | AscendJobOperator | JobSetController]] = {
+# The list merge keys of a strategic merge patch for the fields a runtime patch touches (k8s.io/api core/v1 and
+# jobset types: patchMergeKey); other lists are replaced.
+MERGE_KEYS = {"replicatedJobs": "name", "containers": "name", "volumes": "name", "env": "name",
+              "volumeMounts": "mountPath"}  # fmt: skip
+
+
+def strategic_merge(base: Any, patch: Any, key: str = "") -> Any:
+    """apimachinery's strategicpatch.StrategicMergePatch for what our patches hold: maps merged key by key, lists
+    with a merge key merged item by item (new items appended), other lists and scalars replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = strategic_merge(base[k], v, k) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
+        merge_key = MERGE_KEYS[key]
+        out_list = list(base)
+        for item in patch:
+            at = next((i for i, b in enumerate(out_list) if b.get(merge_key) == item.get(merge_key)), None)
+            if at is None:
+                out_list.append(item)
+            else:
+                out_list[at] = strategic_merge(out_list[at], item, key)
+        return out_list
+    return patch
+
+
+class TrainerController:
+    """Kubeflow Trainer v2 with its PlainML, JobSet and Volcano plugins (kubeflow/trainer 8c0f505): builds the JobSet
+    of a TrainJob from its ClusterTrainingRuntime as pkg/runtime/core/trainingruntime.go newRuntimeInfo does
+    (runtimePatches merged strategically; resourcesPerNode merged into container `node`'s resources),
+    plugins/plainml (trainer.numNodes as the trainer's pod count, trainer.env upserted into `node`),
+    plugins/jobset builder.go Trainer (image, command, args) and syncParallelCount (parallelism = completions =
+    the count), plugins/volcano EnforcePodGroupPolicy (pods annotated scheduling.k8s.io/group-name = the TrainJob);
+    the JobSet, named after the TrainJob, then runs under JobSetController."""
+
+    ANCESTOR = ("trainer.kubeflow.org/trainjob-ancestor-step", "trainer")
+
+    def __init__(self, trainjob: Obj, runtime: Obj) -> None:
+        assert trainjob["kind"] == "TrainJob" and runtime["kind"] == "ClusterTrainingRuntime"
+        ref = trainjob["spec"]["runtimeRef"]
+        assert (
+            ref["name"] == runtime["metadata"]["name"] and ref.get("kind", "ClusterTrainingRuntime") == runtime["kind"]
+        )
+        self.jobset = self.build(trainjob, runtime)
+        self.inner = JobSetController(self.jobset)
+
+    @classmethod
+    def build(cls, trainjob: Obj, runtime: Obj) -> Obj:
+        spec = json.loads(json.dumps(runtime["spec"]["template"]["spec"]))
+        labels: dict[str, str] = {}
+        annotations: dict[str, str] = {}
+        for patch in trainjob["spec"].get("runtimePatches", []):
+            template = (patch.get("trainingRuntimeSpec") or {}).get("template") or {}
+            labels |= (template.get("metadata") or {}).get("labels", {})
+            annotations |= (template.get("metadata") or {}).get("annotations", {})
+            if "spec" in template:
+                spec = strategic_merge(spec, template["spec"])
+        trainer = trainjob["spec"].get("trainer") or {}
+        for rjob in spec["replicatedJobs"]:
+            key, value = cls.ANCESTOR
+            if (rjob["template"].get("metadata") or {}).get("labels", {}).get(key) != value:
+                continue
+            count = trainer.get("numNodes", runtime["spec"].get("mlPolicy", {}).get("numNodes", 1))
+            rjob["template"]["spec"]["parallelism"] = rjob["template"]["spec"]["completions"] = count
+            pod = rjob["template"]["spec"]["template"]
+            if "volcano" in (runtime["spec"].get("podGroupPolicy") or {}):
+                pod.setdefault("metadata", {}).setdefault("annotations", {})["scheduling.k8s.io/group-name"] = trainjob[
+                    "metadata"
+                ]["name"]
+            for ctr in pod["spec"]["containers"]:
+                if ctr["name"] != contract.TRAINER_CONTAINER_NAME:
+                    continue
+                for field_name in ("image", "command", "args"):
+                    if field_name in trainer:
+                        ctr[field_name] = trainer[field_name]
+                ctr["env"] = strategic_merge(ctr.get("env", []), trainer.get("env", []), "env")
+                if "resourcesPerNode" in trainer:
+                    ctr["resources"] = strategic_merge(ctr.get("resources", {}), trainer["resourcesPerNode"])
+        if trainjob["spec"].get("suspend"):
+            spec["suspend"] = True
+        return {
+            "apiVersion": "jobset.x-k8s.io/v1alpha2",
+            "kind": "JobSet",
+            "metadata": {"name": trainjob["metadata"]["name"], "labels": labels, "annotations": annotations},
+            "spec": spec,
+        }
+
+    def pods(self) -> list[Pod]:
+        return self.inner.pods()
+
+    def services(self) -> list[str]:
+        return self.inner.services()
+
+    def pod_finished(self, index: int, exit_code: int) -> str:
+        return self.inner.pod_finished(index, exit_code)
+
+
+Emulator = IndexedJob | VolcanoJob | AscendJobOperator | JobSetController | TrainerController
+EMULATORS: dict[str, Any] = {
     "job": IndexedJob,
     "volcano": VolcanoJob,
     "ascendjob": AscendJobOperator,
     "jobset": JobSetController,
+    "trainjob": TrainerController,
 }
 
 
-def emulator(workload: Obj) -> IndexedJob | VolcanoJob | AscendJobOperator | JobSetController:
-    """The emulator of the controller that runs this workload object."""
+def emulator(workload: Obj, runtime: Obj | None = None) -> Emulator:
+    """The emulator of the controller that runs this workload object (a TrainJob with its runtime: by default ours,
+    launcher/workloads/trainjob.py, rendered from the TrainJob's job file)."""
     from launcher.workloads import for_object
 
-    return EMULATORS[for_object(workload).backend](workload)
+    backend = for_object(workload).backend
+    if backend == "trainjob":
+        return TrainerController(workload, runtime or _our_runtime(workload))
+    return EMULATORS[backend](workload)  # type: ignore[no-any-return]
+
+
+def _our_runtime(trainjob: Obj) -> Obj:
+    from convit.jobspec import load_job
+    from launcher.workloads.trainjob import runtime
+
+    return runtime(load_job("convit_tiny", [f"name={trainjob['metadata']['name']}"]))
 
 
 @dataclass

@@ -14,7 +14,7 @@ K8S_VERSION = "1.32.0"
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
-def _pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+def _pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:  # Volcano Job, AscendJob
     spec = obj["spec"]
     if obj["kind"] == "AscendJob":
         return [r["template"] for r in spec["replicaSpecs"].values()]
@@ -46,13 +46,17 @@ def validate(obj: dict[str, Any]) -> None:
     if obj["apiVersion"] in ("v1", "batch/v1", "rbac.authorization.k8s.io/v1"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         return
-    if obj["kind"] == "JobSet":  # the upstream CRD's schema; each child Job against the official Job schema
-        schema = json.loads((SCHEMAS / "jobset.schema.json").read_text())
+    crd = {"JobSet": "jobset", "TrainJob": "trainjob", "ClusterTrainingRuntime": "clustertrainingruntime"}
+    if obj["kind"] in crd:  # the upstream CRD's schema; each child Job against the official Job schema
+        schema = json.loads((SCHEMAS / f"{crd[obj['kind']]}.schema.json").read_text())
         jsonschema.validate(obj, schema)
         dropped = pruned({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema)
         if dropped:
             raise jsonschema.ValidationError(f"fields the API server would prune: {dropped}")
-        for rjob in obj["spec"]["replicatedJobs"]:
+        jobset = (
+            obj if obj["kind"] == "JobSet" else obj["spec"].get("template", {}) if obj["kind"] != "TrainJob" else {}
+        )
+        for rjob in jobset.get("spec", {}).get("replicatedJobs", []):
             child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "t"}, **rjob["template"]}
             kubernetes_validate.validate(child, K8S_VERSION, strict=True)
         return

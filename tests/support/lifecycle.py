@@ -26,6 +26,7 @@ from tests.support.controllers import (
     JobSetController,
     Obj,
     RunningPod,
+    TrainerController,
     VolcanoJob,
     start_pod,
 )
@@ -72,7 +73,7 @@ class Outcome:
         return "\n".join(lines)
 
 
-Controller = IndexedJob | VolcanoJob | AscendJobOperator | JobSetController
+Controller = IndexedJob | VolcanoJob | AscendJobOperator | JobSetController | TrainerController
 
 
 class Lifecycle:
@@ -86,7 +87,7 @@ class Lifecycle:
             self.addresses, self.maps = ctl.services(objects), None
         elif isinstance(ctl, VolcanoJob):
             self.addresses, self.maps = ctl.services(), ctl.config_maps()
-        elif isinstance(ctl, JobSetController):
+        elif isinstance(ctl, (JobSetController, TrainerController)):
             self.addresses, self.maps = ctl.services(), None
         else:
             self.addresses, self.maps = ctl.services(), None
@@ -118,7 +119,7 @@ class Lifecycle:
             return handle.read().decode("utf-8", "replace")
 
     def _key(self, pos: int) -> int | str:
-        return pos if isinstance(self.ctl, (IndexedJob, JobSetController)) else self.pods[pos].name
+        return pos if isinstance(self.ctl, (IndexedJob, JobSetController, TrainerController)) else self.pods[pos].name
 
     def _delete_all(self) -> None:
         """The controller deletes every pod: SIGTERM, the grace period, SIGKILL; their ends are not reported."""

@@ -66,7 +66,7 @@ spec:
     seccompProfile:
       type: RuntimeDefault
   containers:
-    - name: ascend
+    - name: {{ .containerName | default "ascend" }}
       image: {{ $c.image | quote }}
       imagePullPolicy: {{ $c.image_pull_policy | quote }}
       command: ["python", "-m", "convit.cluster"]
@@ -203,4 +203,12 @@ kueue.x-k8s.io/queue-name: {{ . | quote }}
 {{- with $c.kueue_priority_class }}
 kueue.x-k8s.io/priority-class: {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The trainer pod of the trainjob backend, whole: launcher/workloads/trainjob.py full_pod. The TrainJob and the
+     ClusterTrainingRuntime are this pod split in two (split_pod). */}}
+{{- define "convit-train.trainerPod" -}}
+{{- $env := include "convit-train.clusterEnv" (dict "Values" .Values "schedHost" (printf "%s-node-0-0.%s" .Values.name .Values.name)) }}
+{{- $rank := "- name: MS_NODE_RANK\n  valueFrom:\n    fieldRef:\n      fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']" }}
+{{- include "convit-train.podTemplate" (dict "root" . "component" "worker" "npus" true "restartPolicy" "Never" "schedulerName" "volcano" "containerName" "node" "env" (printf "%s\n%s" $rank $env)) }}
 {{- end }}
