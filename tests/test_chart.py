@@ -28,7 +28,13 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def helm_objects(job_file: Path, *sets: str) -> list[dict[str, Any]]:
-    args = ["template", "release", str(CHART), "-f", str(job_file)]
+    """`helm template` of the job, as the release that matches the launcher's job: the chart names the job after the
+    release and places it in the release's namespace, so `name=`/`cluster.namespace=` become those."""
+    given = dict(item.split("=", 1) for item in sets)
+    release = given.pop("name", None) or yaml.safe_load(job_file.read_text())["name"]
+    namespace = given.pop("cluster.namespace", "default")
+    sets = tuple(f"{k}={v}" for k, v in given.items())
+    args = ["template", release, str(CHART), "-f", str(job_file), "-n", namespace]
     for item in sets:
         args += ["--set", item]
     result = helm(*args)
@@ -101,6 +107,31 @@ def test_overrides_reach_both_renderers_alike(tmp_path: Path) -> None:
     assert job["spec"]["activeDeadlineSeconds"] == 3600 and job["metadata"]["namespace"] == "ml-team"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_release_names_the_job_and_its_namespace_holds_it(backend: str) -> None:
+    """helm install myrun -n ml: job `myrun` in `ml`, whatever the job file's `name` and `cluster.namespace` say;
+    equal to `launcher render --name myrun -n ml`; a second release of the same file shares no object name."""
+    job_file = REPO / "jobs" / "convit_tiny.yaml"
+    charted = {}
+    for release in ("myrun", "other-run"):
+        args = ["template", release, str(CHART), "-f", str(job_file), "-n", "ml", "--set", f"cluster.backend={backend}"]
+        result = helm(*args, "--set", "cluster.namespace=elsewhere", "--set", "name=ignored")
+        assert result.returncode == 0, result.stderr
+        charted[release] = [d for d in yaml.safe_load_all(result.stdout) if d]
+        for obj in charted[release]:
+            assert obj["metadata"]["namespace"] == "ml"
+            assert release in obj["metadata"]["name"] and "ignored" not in json.dumps(obj)
+        spec = load_job(str(job_file), [f"cluster.backend={backend}", "name=" + release, "cluster.namespace=ml"])
+        ours = [normalise(o) for o in render_objects(spec)]
+        assert [normalise(o) for o in charted[release]] == ours
+    names = [{o["metadata"]["name"] for o in objs} for objs in charted.values()]
+    assert not names[0] & names[1]
+    override = helm("template", "myrun", str(CHART), "-f", str(job_file), "--set", "fullnameOverride=fixed-name")
+    assert {d["metadata"]["name"] for d in yaml.safe_load_all(override.stdout) if d} >= {"fixed-name"}
+    bad = helm("template", "Bad_Name", str(CHART), "-f", str(job_file))
+    assert bad.returncode != 0
+
+
 def test_helm_lint_strict_passes() -> None:
     for recipe in ("convit_tiny", "convit_base_plus"):
         result = helm("lint", "--strict", str(CHART), "-f", str(REPO / "jobs" / f"{recipe}.yaml"))
@@ -112,8 +143,8 @@ def test_helm_lint_strict_passes() -> None:
     [
         ("cluster.pods=-1", "pods"),
         ("cluster.bogus=1", "bogus"),
-        ("name=Not_A_DNS_Name", "name"),
-        ("name=1st-run", "name"),
+        ("fullnameOverride=Not_A_DNS_Name", "fullnameOverride"),
+        ("fullnameOverride=1st-run", "fullnameOverride"),
         ("cluster.scheduler_cpu=lots", "scheduler_cpu"),
         ("model.name=convit_huge", "model"),
         ("cluster.backend=kubeflow", "backend"),

@@ -45,6 +45,14 @@ TRAINER_RUNTIME_SCHEMA = {
     },
 }
 TRAINER_RUNTIME_DEFAULTS = {"create": False}
+# Chart-only: the job's name is the release's unless this says otherwise (the job file's `name` is the launcher's).
+FULLNAME_OVERRIDE_SCHEMA = {
+    "type": "string",
+    "default": "",
+    "pattern": "^([a-z]([-a-z0-9]*[a-z0-9])?)?$",
+    "maxLength": 45,
+    "description": "The job's name instead of the release name (a DNS-1035 label); the job file's `name` is not used.",
+}
 
 
 def values_schema() -> dict[str, Any]:
@@ -53,6 +61,7 @@ def values_schema() -> dict[str, Any]:
     schema["title"] = "convit-train values (a job file from jobs/)"
     schema["properties"]["rbac"] = RBAC_SCHEMA
     schema["properties"]["trainerRuntime"] = TRAINER_RUNTIME_SCHEMA
+    schema["properties"]["fullnameOverride"] = FULLNAME_OVERRIDE_SCHEMA
     return schema
 
 
@@ -77,7 +86,7 @@ def values_yaml() -> str:
         "# come from a job file: helm install NAME charts/convit-train -f jobs/convit_small_plus.yaml\n"
         "# Every value is described in values.schema.json and README.md.\n"
     )
-    chart_only = {"rbac": RBAC_DEFAULTS, "trainerRuntime": TRAINER_RUNTIME_DEFAULTS}
+    chart_only = {"rbac": RBAC_DEFAULTS, "trainerRuntime": TRAINER_RUNTIME_DEFAULTS, "fullnameOverride": ""}
     return header + yaml.safe_dump({**_defaults(JobSpec), **chart_only}, sort_keys=False)
 
 
@@ -114,7 +123,12 @@ CHART_README_HEAD = """# convit-train Helm chart
 
 A distributed ConViT training job on Ascend 910 NPUs, from the same job values as `python -m launcher`:
 
-    helm install convit-small-plus charts/convit-train -f jobs/convit_small_plus.yaml [--set cluster.pods=4]
+    helm install convit-small-plus charts/convit-train -f jobs/convit_small_plus.yaml -n ml [--set cluster.pods=4]
+
+The release names the job and its objects (`fullnameOverride` overrides it) and the release's namespace holds them:
+the job file's `name` and `cluster.namespace` are the launcher's, which matches with
+`python -m launcher render convit_small_plus --name convit-small-plus -n ml`. Two releases of one job file live
+side by side.
 
 `cluster.backend` picks the workload kind (one module each under launcher/workloads/):
 

@@ -4,9 +4,19 @@ from the same job values; tests/test_chart.py compares the two object by object.
 emitted through `quote` or `toJson`, so no value can change a manifest's structure.
 */}}
 
+{{/* The job's name: the release's (or fullnameOverride), never the job file's `name`, so two releases of one job file
+     live side by side; a DNS-1035 label of at most 45 characters, as the launcher requires (convit/jobspec). */}}
+{{- define "convit-train.fullname" -}}
+{{- $name := .Values.fullnameOverride | default .Release.Name -}}
+{{- if or (gt (len $name) 45) (not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name)) -}}
+{{- fail (printf "job name %q (the release name, or fullnameOverride) must be a DNS-1035 label of at most 45 characters: lower-case letters, digits and '-', starting with a letter" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end }}
+
 {{- define "convit-train.selectorLabels" -}}
 app.kubernetes.io/name: convit-train
-app.kubernetes.io/instance: {{ .Values.name | quote }}
+app.kubernetes.io/instance: {{ include "convit-train.fullname" . | quote }}
 {{- end }}
 
 {{- define "convit-train.labels" -}}
@@ -20,7 +30,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | quote }}
 
 {{- define "convit-train.metadata" -}}
 name: {{ .name | quote }}
-namespace: {{ .root.Values.cluster.namespace | quote }}
+namespace: {{ .root.Release.Namespace | quote }}
 labels:
   {{- include "convit-train.labels" . | nindent 2 }}
   {{- with .extraLabels }}
@@ -147,7 +157,7 @@ spec:
   volumes:
     - name: job
       configMap:
-        name: {{ printf "%s-job" $v.name | quote }}
+        name: {{ printf "%s-job" (include "convit-train.fullname" .root) | quote }}
     - name: dshm
       emptyDir:
         medium: Memory
@@ -208,7 +218,8 @@ kueue.x-k8s.io/priority-class: {{ . | quote }}
 {{/* The trainer pod of the trainjob backend, whole: launcher/workloads/trainjob.py full_pod. The TrainJob and the
      ClusterTrainingRuntime are this pod split in two (split_pod). */}}
 {{- define "convit-train.trainerPod" -}}
-{{- $env := include "convit-train.clusterEnv" (dict "Values" .Values "schedHost" (printf "%s-node-0-0.%s" .Values.name .Values.name)) }}
+{{- $name := include "convit-train.fullname" . }}
+{{- $env := include "convit-train.clusterEnv" (dict "Values" .Values "schedHost" (printf "%s-node-0-0.%s" $name $name)) }}
 {{- $rank := "- name: MS_NODE_RANK\n  valueFrom:\n    fieldRef:\n      fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']" }}
 {{- include "convit-train.podTemplate" (dict "root" . "component" "worker" "npus" true "restartPolicy" "Never" "schedulerName" "volcano" "containerName" "node" "env" (printf "%s\n%s" $rank $env)) }}
 {{- end }}
