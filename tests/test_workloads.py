@@ -159,3 +159,57 @@ def test_trainjob_refuses_what_a_trainjob_cannot_patch(setting: str, complaint: 
         "--set", "cluster.backend=trainjob", "--set", setting,
     )  # fmt: skip
     assert chart.returncode != 0 and complaint in chart.stderr
+
+
+def test_placement_on_ascend_clusters_in_launcher_and_chart(tmp_path: Path) -> None:
+    """cluster.chip sets MindCluster's ring-controller.atlas label and the accelerator-type node selector; the
+    AscendJob's Scheduler pod keeps only the architecture selector; priority class, tor-affinity and Volcano's
+    network topology reach the objects that carry them, in the launcher and the chart alike."""
+    from tests.support.k8s_schema import validate
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    cases = {
+        "ascendjob": ["cluster.chip=910a", "cluster.tor_affinity=large-model-schema", "cluster.priority_class=train"],
+        "volcano": ["cluster.network_topology_mode=hard", "cluster.network_topology_tier=2"],
+        "job": ["cluster.priority_class=train"],
+    }
+    job_file = tmp_path / "arm.yaml"  # a job file whose servers are arm64 (Atlas 800 are)
+    values = yaml.safe_load((REPO / "jobs" / "convit_tiny.yaml").read_text())
+    values["cluster"]["node_selector"] = {"kubernetes.io/arch": "arm64"}
+    job_file.write_text(yaml.safe_dump(values))
+    for backend, sets in cases.items():
+        all_sets = [f"cluster.backend={backend}", *sets]
+        ours = render_objects(load_job(str(job_file), all_sets))
+        assert [normalise(o) for o in helm_objects(job_file, *all_sets)] == [normalise(o) for o in ours]
+        for obj in ours:
+            validate(obj)
+    ascend = render_objects(load_job(str(job_file), ["cluster.backend=ascendjob", *cases["ascendjob"]]))[-1]
+    labels = ascend["metadata"]["labels"]
+    assert labels["ring-controller.atlas"] == "ascend-910" and labels["tor-affinity"] == "large-model-schema"
+    sched, worker = (r["template"]["spec"] for r in ascend["spec"]["replicaSpecs"].values())
+    assert worker["nodeSelector"] == {"accelerator-type": "module", "kubernetes.io/arch": "arm64"}
+    assert sched["nodeSelector"] == {"kubernetes.io/arch": "arm64"}  # no NPU, but the image's architecture
+    assert worker["priorityClassName"] == sched["priorityClassName"] == "train"
+    a2 = render_objects(load_job("convit_tiny", ["cluster.backend=ascendjob"]))[-1]
+    assert a2["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910b"  # the default chip: A2
+    volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano", *cases["volcano"]]))[-1]
+    assert volcano["spec"]["networkTopology"] == {"mode": "hard", "highestTierAllowed": 2}
+
+
+@pytest.mark.parametrize(
+    ("backend", "setting"),
+    [
+        ("job", "cluster.tor_affinity=normal-schema"),
+        ("jobset", "cluster.network_topology_mode=soft"),
+        ("ascendjob", "cluster.network_topology_mode=soft"),
+        ("trainjob", "cluster.priority_class=train"),
+    ],
+)
+def test_placement_a_kind_cannot_express_is_refused(backend: str, setting: str) -> None:
+    from tests.test_chart import CHART, REPO, helm
+
+    with pytest.raises(JobSpecError, match="cannot be"):
+        render_objects(load_job("convit_tiny", [f"cluster.backend={backend}", setting]))
+    chart = helm("template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"),
+                 "--set", f"cluster.backend={backend}", "--set", setting)  # fmt: skip
+    assert chart.returncode != 0 and "cannot be" in chart.stderr

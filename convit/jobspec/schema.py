@@ -322,8 +322,19 @@ class ClusterSpec(_Section):
         description="Size of the in-memory /dev/shm for data loader workers.",
         json_schema_extra=_schema(_K8S_QUANTITY.pattern),
     )
+    chip: Literal["910a", "910b"] = Field(
+        "910b",
+        description=(
+            "Ascend chip of the NPU servers: 910a (Atlas 800) or 910b (Atlas 800T A2). Sets MindCluster's "
+            "ring-controller.atlas label (AscendJob) and the accelerator-type node selector (module, module-910b-8)."
+        ),
+    )
     node_selector: dict[str, str] = Field(
-        default_factory=lambda: {"accelerator-type": "module"}, description="Node selector of the pods."
+        default_factory=dict,
+        description=(
+            "Node selector of the NPU pods, on top of the chip's accelerator-type (which a key here overrides); "
+            "kubernetes.io/arch or host-arch also apply to the AscendJob's Scheduler pod."
+        ),
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the pods.")
     master_port: Annotated[int, Field(ge=1024, le=65535)] = Field(8118, description="MindSpore scheduler port.")
@@ -359,6 +370,21 @@ class ClusterSpec(_Section):
         description="Kueue WorkloadPriorityClass of the job (with kueue_queue): kueue.x-k8s.io/priority-class.",
         json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
     )
+    priority_class: str = Field(
+        "",
+        description="PriorityClass of the pods (priorityClassName); Volcano and Kueue read it too.",
+        json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
+    )
+    tor_affinity: Literal["", "large-model-schema", "normal-schema"] = Field(
+        "",
+        description="MindCluster's tor-affinity job label (volcano, ascendjob): pack the pods under few ToR switches.",
+    )
+    network_topology_mode: Literal["", "hard", "soft"] = Field(
+        "", description="Volcano's network-topology-aware scheduling of the job (volcano backend, Volcano 1.11+)."
+    )
+    network_topology_tier: Annotated[int, Field(ge=1, le=16)] = Field(
+        1, description="With network_topology_mode: the highest network tier the job's pods may span."
+    )
     scheduler_name: str = Field(
         "",
         description=(
@@ -384,7 +410,7 @@ class ClusterSpec(_Section):
         json_schema_extra=_schema(_K8S_QUANTITY.pattern),
     )
 
-    @field_validator("scheduler_name", "kueue_queue", "kueue_priority_class")
+    @field_validator("scheduler_name", "kueue_queue", "kueue_priority_class", "priority_class")
     @classmethod
     def _optional_dns_label(cls, value: str) -> str:
         return value and _check_dns_label(value, 63)

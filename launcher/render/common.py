@@ -11,6 +11,7 @@ from typing import Any
 from convit import __version__
 from convit.cluster import contract
 from convit.jobspec import JobSpec
+from launcher.render import placement
 
 APP = "convit-train"
 DRIVER_GID = 1000  # HwHiAiUser, the group that owns the Ascend devices on the hosts (CANN's default)
@@ -176,8 +177,11 @@ def pod_spec(
         pod["subdomain"] = subdomain
     if scheduler_name:
         pod["schedulerName"] = scheduler_name
-    if c.node_selector and npus:  # the node selector picks NPU servers: a pod without NPUs runs anywhere
-        pod["nodeSelector"] = dict(c.node_selector)
+    selector = placement.node_selector(spec, npus)  # NPU servers of the chip; a pod without NPUs: only the arch
+    if selector:
+        pod["nodeSelector"] = selector
+    if c.priority_class:
+        pod["priorityClassName"] = c.priority_class
     if c.tolerations:
         pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v != ""} for t in c.tolerations]
     return pod

@@ -27,6 +27,7 @@ from __future__ import annotations
 from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.errors import LauncherError
+from launcher.render import placement
 from launcher.render.common import metadata, pod_template
 from launcher.workloads import kueue
 from launcher.workloads.base import (
@@ -46,15 +47,20 @@ FAULT_SCHEDULING_LABEL = "fault-scheduling"
 FAULT_SCHEDULING = "force"  # reschedule the whole job at once on a hardware fault
 FAULT_RETRY_TIMES_LABEL = "fault-retry-times"
 CLEAN_POD_POLICY = "Running"  # stop the survivors of a failed job (the default None leaves them holding NPUs)
-BASE_LABELS = {contract.ASCEND_FRAMEWORK_LABEL: "mindspore", "ring-controller.atlas": "ascend-910"}
+
+
+def pod_labels(spec: JobSpec) -> dict[str, str]:
+    """The labels the operator and ascend-for-volcano read on every pod: the framework and the chip."""
+    return {contract.ASCEND_FRAMEWORK_LABEL: "mindspore", **placement.ring_label(spec)}
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
-    """The AscendJob's own labels: the framework, the chip, and MindCluster's rescheduling settings."""
+    """The AscendJob's own labels: the framework, the chip, and MindCluster's rescheduling and placement settings."""
     return {
-        **BASE_LABELS,
+        **pod_labels(spec),
         FAULT_SCHEDULING_LABEL: FAULT_SCHEDULING,
         FAULT_RETRY_TIMES_LABEL: str(spec.cluster.backoff_limit),
+        **placement.tor_affinity_label(spec),
     }
 
 
@@ -70,6 +76,11 @@ class AscendJob(Workload):
     def check(self, spec: JobSpec) -> None:
         refuse_other_schedulers(spec, self.backend, "volcano")
         kueue.refuse(spec, self.backend)
+        if spec.cluster.network_topology_mode:
+            raise Unsupported(
+                "cluster.network_topology_mode cannot be used on the ascendjob backend: the AscendJob has no "
+                "networkTopology (use tor_affinity, or the volcano backend)"
+            )
         c = spec.cluster
         if c.backoff_limit == 0:
             raise Unsupported(
@@ -118,7 +129,7 @@ class AscendJob(Workload):
                                 [],
                                 "scheduler",
                                 npus=False,
-                                extra_labels=BASE_LABELS,
+                                extra_labels=pod_labels(spec),
                                 restart_policy=None,
                                 ports=port,
                             ),
@@ -126,7 +137,9 @@ class AscendJob(Workload):
                         contract.ASCEND_WORKER: {
                             "replicas": c.pods,
                             "restartPolicy": "Never",
-                            "template": pod_template(spec, [], "worker", extra_labels=BASE_LABELS, restart_policy=None),
+                            "template": pod_template(
+                                spec, [], "worker", extra_labels=pod_labels(spec), restart_policy=None
+                            ),
                         },
                     },
                 },

@@ -68,6 +68,17 @@ def refuse_other_schedulers(spec: JobSpec, backend: str, scheduler: str) -> None
         )
 
 
+def refuse_volcano_placement(spec: JobSpec, backend: str) -> None:
+    """For kinds whose pods Volcano's and MindCluster's job-level placement settings cannot reach."""
+    c = spec.cluster
+    for key, value in (("network_topology_mode", c.network_topology_mode), ("tor_affinity", c.tor_affinity)):
+        if value:
+            raise Unsupported(
+                f"cluster.{key} cannot be used on the {backend} backend: it is a Volcano/MindCluster job setting "
+                "(use the volcano or ascendjob backend)"
+            )
+
+
 class Workload(abc.ABC):
     """One workload kind. Instances are stateless; the registry holds one of each."""
 

@@ -24,6 +24,7 @@ from launcher.workloads.base import (
     Obj,
     Resource,
     Workload,
+    refuse_volcano_placement,
 )
 
 # The downward-API path of the annotation a pod of an Indexed Job carries its index in.
@@ -44,6 +45,7 @@ class IndexedJob(Workload):
 
     def check(self, spec: JobSpec) -> None:
         kueue.check(spec)
+        refuse_volcano_placement(spec, self.backend)
 
     def objects(self, spec: JobSpec) -> list[Obj]:
         return [self.headless_service(spec), self.job(spec)]

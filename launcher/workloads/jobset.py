@@ -31,6 +31,7 @@ from launcher.workloads.base import (
     Resource,
     Unsupported,
     Workload,
+    refuse_volcano_placement,
 )
 from launcher.workloads.indexed_job import COMPLETION_INDEX, NEVER_RETRY_EXIT_CODES
 
@@ -97,6 +98,7 @@ class JobSetWorkload(Workload):
 
     def check(self, spec: JobSpec) -> None:
         kueue.check(spec)
+        refuse_volcano_placement(spec, self.backend)
         c = spec.cluster
         if c.active_deadline_seconds:
             raise Unsupported(

@@ -41,6 +41,7 @@ from launcher.workloads.base import (
     Unsupported,
     Workload,
     refuse_other_schedulers,
+    refuse_volcano_placement,
 )
 
 RUNTIME_NAME = "mindspore-ascend"
@@ -137,6 +138,7 @@ class TrainJobWorkload(Workload):
 
     def check(self, spec: JobSpec) -> None:
         kueue.check(spec)
+        refuse_volcano_placement(spec, self.backend)
         refuse_other_schedulers(spec, self.backend, "volcano")
         c = spec.cluster
         if c.backoff_limit != RUNTIME_MAX_RESTARTS:
@@ -144,6 +146,11 @@ class TrainJobWorkload(Workload):
                 f"cluster.backoff_limit {c.backoff_limit} cannot be honoured on the trainjob backend: restarts are "
                 f"the runtime's failurePolicy.maxRestarts ({RUNTIME_MAX_RESTARTS}), which a TrainJob cannot patch; "
                 "use the jobset backend for another count"
+            )
+        if c.priority_class:
+            raise Unsupported(
+                "cluster.priority_class cannot be honoured on the trainjob backend: a TrainJob cannot patch the "
+                "pods' priorityClassName (use the jobset backend)"
             )
         if c.image_pull_policy != RUNTIME_PULL_POLICY:
             raise Unsupported(

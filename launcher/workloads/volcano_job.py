@@ -14,6 +14,7 @@ from __future__ import annotations
 from convit.cluster import contract
 from convit.jobspec import JobSpec
 from launcher.errors import LauncherError
+from launcher.render import placement
 from launcher.render.common import cluster_env, metadata, pod_template
 from launcher.workloads import kueue
 from launcher.workloads.base import (
@@ -72,6 +73,7 @@ class VolcanoJob(Workload):
         task = contract.VOLCANO_TASK
         sched_host = f"{contract.volcano_pod_name(spec.name, task, 0)}.{spec.name}"
         job_spec: Obj = {
+            **placement.network_topology(spec),
             "schedulerName": "volcano",
             "minAvailable": c.pods,
             "queue": c.queue,
@@ -97,7 +99,7 @@ class VolcanoJob(Workload):
             {
                 "apiVersion": self.resource.api_version,
                 "kind": self.kind,
-                "metadata": metadata(spec, spec.name, "worker"),
+                "metadata": metadata(spec, spec.name, "worker", placement.tor_affinity_label(spec)),
                 "spec": job_spec,
             }
         ]

@@ -178,13 +178,15 @@ spec:
   {{- with .schedulerName }}
   schedulerName: {{ . | quote }}
   {{- end }}
-  {{- if .npus }}
-  {{- with $c.node_selector }}
+  {{- $selector := include "convit-train.nodeSelector" (dict "Values" $v "npus" .npus) | fromYaml }}
+  {{- with $selector }}
   nodeSelector:
     {{- range $key, $value := . }}
     {{ $key | quote }}: {{ $value | quote }}
     {{- end }}
   {{- end }}
+  {{- with $c.priority_class }}
+  priorityClassName: {{ . | quote }}
   {{- end }}
   {{- with $c.tolerations }}
   tolerations:
@@ -222,4 +224,35 @@ kueue.x-k8s.io/priority-class: {{ . | quote }}
 {{- $env := include "convit-train.clusterEnv" (dict "Values" .Values "schedHost" (printf "%s-node-0-0.%s" $name $name)) }}
 {{- $rank := "- name: MS_NODE_RANK\n  valueFrom:\n    fieldRef:\n      fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']" }}
 {{- include "convit-train.podTemplate" (dict "root" . "component" "worker" "npus" true "restartPolicy" "Never" "schedulerName" "volcano" "containerName" "node" "env" (printf "%s\n%s" $rank $env)) }}
+{{- end }}
+
+{{/* MindCluster's chip labels (launcher/render/placement.py CHIPS): key "ring" (ring-controller.atlas) or
+     "accelerator_type" (the accelerator-type node label), for .Values.cluster.chip. */}}
+{{- define "convit-train.chip" -}}
+{{- $chips := dict "910a" (dict "ring" "ascend-910" "accelerator_type" "module") "910b" (dict "ring" "ascend-910b" "accelerator_type" "module-910b-8") -}}
+{{- index (index $chips .Values.cluster.chip) .key -}}
+{{- end }}
+
+{{/* A pod's node selector (placement.node_selector): NPU pods the chip's accelerator-type under
+     cluster.node_selector; a pod without NPUs only the architecture labels of cluster.node_selector. */}}
+{{- define "convit-train.nodeSelector" -}}
+{{- $c := .Values.cluster -}}
+{{- if .npus -}}
+{{- $out := dict "accelerator-type" (include "convit-train.chip" (dict "Values" .Values "key" "accelerator_type")) -}}
+{{- toYaml (merge (deepCopy $c.node_selector) $out) -}}
+{{- else -}}
+{{- $out := dict -}}
+{{- range $key, $value := $c.node_selector }}{{ if has $key (list "kubernetes.io/arch" "host-arch") }}{{ $_ := set $out $key $value }}{{ end }}{{ end -}}
+{{- toYaml $out -}}
+{{- end -}}
+{{- end }}
+
+{{/* Volcano and MindCluster job-level placement settings only the volcano and ascendjob backends have. */}}
+{{- define "convit-train.refuseVolcanoPlacement" -}}
+{{- $c := .Values.cluster -}}
+{{- range $key := list "network_topology_mode" "tor_affinity" }}
+{{- if index $c $key }}
+{{- fail (printf "cluster.%s cannot be used on the %s backend: it is a Volcano/MindCluster job setting (use the volcano or ascendjob backend)" $key $c.backend) }}
+{{- end }}
+{{- end }}
 {{- end }}
