@@ -177,9 +177,17 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         init_inference(args.device)
         return 0
     runtime = init_inference(args.device)
-    result = run(args, spec, runtime)
+    from convit.train.termination import TerminationMessage
+
+    termination = TerminationMessage(enabled=runtime.is_main)  # the container's termination message: the result
+    try:
+        result = run(args, spec, runtime)
+    except ConvitError as exc:
+        termination.write([f"ERROR: {exc}"])
+        raise
     if runtime.is_main:
         print(json.dumps(asdict(result), sort_keys=True) if args.json else result.line(), flush=True)
+    termination.write([result.line()])
     return 0
 
 

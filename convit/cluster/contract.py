@@ -60,6 +60,9 @@ ROLE_WORKER = "MS_WORKER"
 # Ours
 ENV_DEVICE = "CONVIT_DEVICE"
 ENV_CACHE_DIR = "CONVIT_CACHE_DIR"
+METRICS_PORT = 9100  # rank 0's Prometheus /metrics (convit/train/metrics.py); 0 turns it off
+ENV_METRICS_PORT = "CONVIT_METRICS_PORT"
+TERMINATION_LOG = "/dev/termination-log"  # the container's terminationMessagePath default (convit/train/termination.py)
 
 # Overflow detection of the loss-scaled O2 step on Atlas A2 (910B). MindSpore's TrainOneStepWithLossScaleCell
 # (mindspore/nn/wrap/loss_scale.py, 2.10) reads MS_ASCEND_CHECK_OVERFLOW_MODE on A2: SATURATION_MODE reads the NPU's

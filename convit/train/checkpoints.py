@@ -69,6 +69,7 @@ class CheckpointMeta:
     batch_size: int = 0  # per rank, of the run that saved it; 0: not recorded
     epoch_samples: int = 0
     segments: list[list[int]] = field(default_factory=list)
+    restarts: int = 0  # starts of the job that resumed, up to the one that saved it (the metric convit_restarts)
 
     @property
     def name(self) -> str:
@@ -99,6 +100,9 @@ class CheckpointStore:
         self._upload: threading.Thread | None = None
         self._upload_error: BaseException | None = None
         self.upload_seconds: list[float] = []
+        # Called with each checkpoint once it is complete in object storage, and its upload's seconds (on the
+        # upload thread): the metrics' checkpoint age and upload duration (convit/train/metrics.py).
+        self.on_published: Callable[[CheckpointMeta, float], None] | None = None
 
     # ---- saving -------------------------------------------------------------------------------------------
     def save(
@@ -145,6 +149,8 @@ class CheckpointStore:
         if info.top1 is not None and self.keep_best and self._is_best(info):
             self.storage.put(BEST, json.dumps({"step": info.step, "dir": prefix, "top1": info.top1}).encode())
         self.upload_seconds.append(time.monotonic() - started)
+        if self.on_published is not None:
+            self.on_published(info, self.upload_seconds[-1])
         self._prune()
         shutil.rmtree(local_dir, ignore_errors=True)
 

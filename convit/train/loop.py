@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,10 +22,12 @@ from convit.train.checkpoints import CheckpointMeta, CheckpointStore
 from convit.train.compile_cache import enable_compile_cache
 from convit.train.curves import TrainingCurves
 from convit.train.evaluate import evaluate
+from convit.train.metrics import TrainMetrics, metrics_port
 from convit.train.progress import PodState, Progress
 from convit.train.runtime import AllReduceSum, Runtime, exit_lost_peer, node_name, peer_failure
 from convit.train.schedule import PartialEpoch, first_slot, lr_schedule
 from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
+from convit.train.termination import TerminationMessage
 
 log = logging.getLogger("convit.train")
 _DERIVED = {"learning_rate"}  # optimizer state recomputed from the recipe, never restored
@@ -45,6 +49,18 @@ class StopRequest:
 
 class Trainer:
     def __init__(self, spec: JobSpec, runtime: Runtime, *, resume_uri: str = "") -> None:
+        # Rank 0's container termination message (convit/train/termination.py): recent lines and the result.
+        self.termination = TerminationMessage(enabled=runtime.is_main)
+        self.progress = Progress(spec.logging.format, enabled=runtime.is_main)
+        self.last_loss: float | None = None
+        self.last_top1: float | None = None
+        self.last_top5: float | None = None
+        self.last_checkpoint = ""
+        self.restarts = 0  # starts of this job that resumed from a checkpoint, this one included
+        with self._reported():
+            self._build(spec, runtime, resume_uri)
+
+    def _build(self, spec: JobSpec, runtime: Runtime, resume_uri: str) -> None:
         import mindspore as ms
 
         from convit.data import build_train_loader, build_val_loader
@@ -52,7 +68,6 @@ class Trainer:
 
         self.spec = spec
         self.runtime = runtime
-        self.progress = Progress(spec.logging.format, enabled=runtime.is_main)
         self.pod_state = PodState(node_name())  # the last finished step, for the pod supervisor's messages
         self.stop = StopRequest()
         self.reduce = AllReduceSum(runtime)
@@ -82,13 +97,22 @@ class Trainer:
         self.checkpoints = CheckpointStore(
             spec.checkpoint.uri, staging, spec.checkpoint.keep_last, spec.checkpoint.keep_best
         )
+        # Rank 0's Prometheus metrics (convit/train/metrics.py), fed by the progress lines and the checkpoint uploads.
+        port = metrics_port() if runtime.is_main else 0
+        self.metrics_port = port
+        self.metrics = TrainMetrics() if port else None
+        if self.metrics is not None:
+            metrics = self.metrics
+            self.progress.metrics = metrics
+            self.checkpoints.on_published = lambda info, seconds: metrics.checkpoint_uploaded(
+                step=info.step, seconds=seconds
+            )
         self.params = count_params(self.model)
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
         self.segments: tuple[Segment, ...] = ()  # the epoch's position: see convit.data.order
         self.lr_offset = 0  # LR table slot minus global step (not 0 after an epoch resumed at another shape)
-        self.last_top1: float | None = None
         self.curves = TrainingCurves("", Path(), first_step=1, enabled=False)  # opened by run() once resumed
 
     # ---- state ----------------------------------------------------------------------------------------------
@@ -148,6 +172,13 @@ class Trainer:
             raise CheckpointError(f"no usable checkpoint under {self.resume_uri}")
         if meta is None and self.spec.model.pretrained:
             self._load_pretrained(self.spec.model.pretrained)
+        if meta is not None:
+            self.restarts = meta.restarts + 1
+            self.last_top1 = meta.top1
+            self.last_checkpoint = f"{store.uri}/checkpoints/{meta.name}"
+        if self.metrics is not None:
+            at = (meta.step, meta.saved_at) if meta is not None else (None, None)
+            self.metrics.resumed(restarts=self.restarts, step=at[0], saved_at=at[1])
         return meta
 
     def _position(self) -> EpochPlan:
@@ -239,18 +270,53 @@ class Trainer:
             "batch_size": self.spec.train.batch_size,
             "epoch_samples": sum(seg.samples for seg in self.segments),
             "segments": [[seg.world, seg.batch, seg.steps] for seg in self.segments],
+            "restarts": self.restarts,
         }
         self.checkpoints.save(self._write_checkpoint, meta, background=background)
         uri = f"{self.spec.checkpoint.uri}/checkpoints/step-{self.global_step:09d}"
         self.progress.checkpoint(step=self.global_step, uri=uri, seconds=time.monotonic() - started, reason=reason)
+        self.last_checkpoint = uri
+        self.termination.write(self.progress.recent.values())  # a pod killed from now on shows this much
         self.curves.sync()  # the curves follow each checkpoint to object storage
+
+    # ---- the termination message ------------------------------------------------------------------------------
+    def _result(self, reason: str) -> str:
+        """The run's result line: `trained N steps (REASON): loss L top1 A top5 B checkpoint URI`."""
+        details = []
+        if self.last_loss is not None:
+            details.append(f"loss {self.last_loss:.4f}")
+        if self.last_top1 is not None:
+            details.append(f"top1 {self.last_top1:.2f}")
+        if self.last_top5 is not None:
+            details.append(f"top5 {self.last_top5:.2f}")
+        if self.last_checkpoint:
+            details.append(f"checkpoint {self.last_checkpoint}")
+        head = f"trained {self.global_step} steps ({reason})"
+        return f"{head}: {' '.join(details)}" if details else head
+
+    def _finish(self, line: str) -> None:
+        """The termination message at exit: the last progress, validation and checkpoint lines, then `line`."""
+        self.termination.write([*self.progress.recent.values(), line])
+
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        """An exception leaving the trainer ends the termination message with its `ERROR:` line."""
+        try:
+            yield
+        except ConvitError as exc:
+            self._finish(f"ERROR: {exc}")
+            raise
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0][:500]
+            self._finish(f"ERROR: {type(exc).__name__}: {first}")
+            raise
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def validate(self) -> None:
         started = time.monotonic()
         top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
         self.compile_cache.compiled("eval")  # the first evaluation compiled the eval graph: kept in object storage
-        self.last_top1 = top1
+        self.last_top1, self.last_top5 = top1, top5
         self.curves.validation(self.global_step, top1=top1, top5=top5)
         self.progress.validation(
             epoch=self.epoch + (1 if self.epoch_step else 0),
@@ -269,7 +335,17 @@ class Trainer:
         return self.reduce([local])[0] > 0
 
     def run(self) -> int:
+        with self._reported():
+            try:
+                return self._run()
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
+
+    def _run(self) -> int:
         self.stop.install()
+        if self.metrics is not None:
+            self.metrics.serve(self.metrics_port)  # before the resume: restarts and the checkpoint's age at once
         resumed = self.resume()
         plan = self._position()
         spec, rt = self.spec, self.runtime
@@ -291,6 +367,7 @@ class Trainer:
         )
         if self.global_step >= self.total_steps:
             self.progress.done(step=self.global_step, reason="already complete")
+            self._finish(self._result("already complete"))
             return 0
         self.curves = TrainingCurves(
             spec.checkpoint.uri,
@@ -315,10 +392,12 @@ class Trainer:
             log.warning("the last checkpoint upload failed: %s", exc)
         for loader in (self.train_loader, self.val_loader):  # its processes and shared memory: gone with the exit
             loader.close()
-        exit_lost_peer(
+        message = (
             f"lost a peer rank after step {self.global_step} (MindSpore: {reason}); "
             "exiting so the controller restarts the job"
         )
+        self._finish(f"ERROR: {message}")
+        exit_lost_peer(message)
 
     def _train(self, plan: EpochPlan) -> int:
         import mindspore as ms
@@ -327,6 +406,7 @@ class Trainer:
         global_batch = self.global_batch
         interval = spec.logging.interval_steps
         window_start, window_steps = time.monotonic(), 0
+        window_wait = 0.0  # seconds of the logging interval spent waiting for the next batch
         step_times: list[float] = []
         while self.global_step < self.total_steps:
             epoch = self.epoch
@@ -336,8 +416,10 @@ class Trainer:
             if plan.start >= plan.steps:  # resumed at a shape that cannot fill a global batch of what is left
                 self.epoch, self.epoch_step, self.segments = epoch + 1, 0, ()
             batches = self.train_loader.epoch(epoch, plan=plan) if self.epoch == epoch else iter(())
+            waiting = time.monotonic()
             for images, targets in batches:
                 tick = time.monotonic()
+                window_wait += tick - waiting
                 noise = drop_noise(
                     self.model, len(images), epoch_rng(spec.train.seed, epoch, rt.rank, self.epoch_step, 11)
                 )
@@ -350,7 +432,9 @@ class Trainer:
                     loss, overflows = step_outputs(output)  # the only host sync of a step
                     if not np.isfinite(loss):
                         log.error("loss is %s at step %d; stopping", loss, self.global_step)
+                        self._finish(f"ERROR: loss is {loss} at step {self.global_step}; stopping")
                         return 3
+                    self.last_loss = loss
                     now = time.monotonic()
                     step_time = (now - window_start) / window_steps
                     step_times.append(step_time)
@@ -367,11 +451,12 @@ class Trainer:
                         step_time=step_time,
                         eta_s=step_time * (self.total_steps - self.global_step),
                         overflows=overflows,
+                        data_wait_s=window_wait,
                     )
                     self.curves.train(
                         self.global_step, loss=loss, lr=lr, images_per_s=images_per_s, overflows=overflows
                     )
-                    window_start, window_steps = now, 0
+                    window_start, window_steps, window_wait = now, 0, 0.0
                 del tick
                 if self.epoch_step == end:
                     self.epoch, self.epoch_step, self.segments = epoch + 1, 0, ()
@@ -384,11 +469,13 @@ class Trainer:
                 if stop:
                     self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)
                     self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
+                    self._finish(self._result("stopped by signal, checkpoint saved"))
                     self.train_loader.close()
                     return 0
                 self.compile_cache.compiled("step")  # the first step compiled its graphs: kept in object storage
                 if self.global_step >= self.total_steps:
                     break
+                waiting = time.monotonic()
             if self.epoch_step == 0:  # an epoch just ended
                 every_epochs = spec.eval.interval_epochs
                 last = self.global_step >= self.total_steps
@@ -401,4 +488,5 @@ class Trainer:
         self.checkpoints.wait()
         self.train_loader.close()
         self.progress.done(step=self.global_step, reason="finished")
+        self._finish(self._result("finished"))
         return 0

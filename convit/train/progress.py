@@ -11,11 +11,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from convit.train.metrics import TrainMetrics
 
 # Set by the pod supervisor (convit/cluster/supervisor.py) for the processes it starts: a directory of the pod's own.
 ENV_POD_STATE = "CONVIT_POD_STATE"
 SCHEDULER = "scheduler"  # the scheduler's name there (a worker's is its MindSpore node id)
+KEPT = ("progress", "validation", "checkpoint")  # events whose last line the termination message repeats
 
 
 def format_duration(seconds: float) -> str:
@@ -34,8 +38,15 @@ class Progress:
         self.fmt = fmt
         self.enabled = enabled
         self.stream = stream or sys.stdout
+        # The numbers of each progress and validation line go to these metrics too (one source of truth).
+        self.metrics: TrainMetrics | None = None
+        # The last text line of each KEPT event, oldest first: what the termination message shows.
+        self.recent: dict[str, str] = {}
 
     def _emit(self, event: str, text: str, fields: dict[str, Any]) -> None:
+        if event in KEPT:
+            self.recent.pop(event, None)
+            self.recent[event] = text
         if not self.enabled:
             return
         if self.fmt == "json":
@@ -65,8 +76,10 @@ class Progress:
         step_time: float,
         eta_s: float,
         overflows: int = 0,
+        data_wait_s: float | None = None,
     ) -> None:
-        """`overflows`: steps skipped so far because their loss-scaled gradients were not finite."""
+        """`overflows`: steps skipped so far because their loss-scaled gradients were not finite. `data_wait_s`:
+        seconds of the interval spent waiting for data (JSON lines and metrics only; the text line is unchanged)."""
         text = (
             f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.2e} "
             f"img/s {images_per_s:.1f} s/step {step_time:.3f} eta {format_duration(eta_s)} overflows {overflows}"
@@ -83,12 +96,29 @@ class Progress:
             "eta_s": round(eta_s, 1),
             "overflows": overflows,
         }
+        if data_wait_s is not None:
+            fields["data_wait_s"] = round(data_wait_s, 4)
+        if self.metrics is not None:
+            self.metrics.progress(
+                epoch=epoch,
+                step=step,
+                steps=steps,
+                loss=loss,
+                lr=lr,
+                images_per_s=images_per_s,
+                step_time=step_time,
+                eta_s=eta_s,
+                overflows=overflows,
+                data_wait_s=data_wait_s,
+            )
         self._emit("progress", text, fields)
 
     def validation(self, *, epoch: int, step: int, top1: float, top5: float, samples: int, seconds: float) -> None:
         text = (
             f"validation epoch {epoch} step {step} top1 {top1:.2f} top5 {top5:.2f} samples {samples} ({seconds:.1f}s)"
         )
+        if self.metrics is not None:
+            self.metrics.validation(top1=top1, top5=top5)
         self._emit(
             "validation",
             text,
