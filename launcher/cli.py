@@ -313,10 +313,13 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
         say(f"job {st.namespace}/{st.name}: {st.phase}")
         if st.admission:
             say(f"  kueue: {st.admission}")
+        if st.metrics:
+            say(f"  metrics: {st.metrics}")
         for pod in st.pods:
             say(
                 f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}"
                 + (f", node {pod.node}" if pod.node else "")
+                + (f"; said: {pod.message}" if pod.message else "")
             )
         if st.result:
             say(f"  result: {st.result}")

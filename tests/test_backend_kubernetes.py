@@ -534,3 +534,37 @@ def test_a_job_kueue_manages_is_suspended_and_resumed_through_its_workload(
         (f"{workloads}/job-convit-tiny-3b7c1", {"spec": {"active": v}}) for v in (False, True)
     ]
     assert not any(r.path.startswith(BATCH) for r in patches)  # never the job's own spec.suspend
+
+
+def test_pod_monitor_is_created_and_deleted_with_the_job_and_status_shows_termination_messages(
+    api: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """metrics.pod_monitor: the PodMonitor (prometheus-operator) is created before the workload and deleted with it;
+    `status` shows each pod's termination message (the trainer's last line), read from the pod's container status."""
+    monitors = f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/podmonitors"
+    spec = load_job("convit_tiny", [f"cluster.namespace={NS}", "cluster.pods=2", "metrics.pod_monitor=true"])
+    KubernetesBackend(NS).submit(spec)
+    assert [p for _m, p in api.calls("POST")] == [f"{CORE}/configmaps", monitors, f"{CORE}/services", BATCH]
+    monitor = next(r.body for r in api.requests if r.path == monitors)
+    validate(monitor)
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+    template = render_objects(spec)[-1]["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in template["spec"]["containers"][0]["ports"]
+
+    pods = fixture("pods-running.json")
+    line = "trained 187500 steps (finished): loss 2.3512 top1 72.61 top5 91.02 checkpoint s3://ckpt/convit-tiny"
+    pods["items"][0]["status"]["containerStatuses"][0]["state"] = {
+        "terminated": {"exitCode": 0, "reason": "Completed", "message": "epoch 300/300 step 187500/187500\n" + line}
+    }
+    api.on("GET", f"{BATCH}/convit-tiny", Reply(200, fixture("job-complete.json")))
+    api.on("GET", f"{CORE}/pods", Reply(200, pods))
+    capsys.readouterr()
+    assert main(["status", "convit-tiny", "-n", NS]) == 0
+    out = capsys.readouterr().out
+    assert f"; said: {line}" in out.splitlines()[1]
+    api.on("GET", f"{monitors}/convit-tiny", Reply(200, monitor))
+    api.on("DELETE", ".*", Reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+    assert main(["delete", "convit-tiny", "-n", NS]) == 0
+    assert ("DELETE", f"{monitors}/convit-tiny") in api.calls("DELETE")
+    assert "PodMonitor/convit-tiny" in capsys.readouterr().out

@@ -177,7 +177,7 @@ def test_ascendjob_scheduler_pod_is_small_and_serves_master_port() -> None:
     assert {"name": contract.ENV_DEVICE, "value": "CPU"} in container["env"]  # the scheduler needs no device
     worker = replicas[contract.ASCEND_WORKER]["template"]["spec"]
     assert worker["nodeSelector"] == {"accelerator-type": "module-910b-8"}  # the default chip, 910b
-    assert "ports" not in worker["containers"][0]
+    assert worker["containers"][0]["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
     custom = load_job(
         "convit_base", ["cluster.backend=ascendjob", "cluster.scheduler_cpu=500m", "cluster.scheduler_memory=1Gi"]
     )

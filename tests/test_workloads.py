@@ -213,3 +213,20 @@ def test_placement_a_kind_cannot_express_is_refused(backend: str, setting: str) 
     chart = helm("template", "r", str(CHART), "-f", str(REPO / "jobs" / "convit_tiny.yaml"),
                  "--set", f"cluster.backend={backend}", "--set", setting)  # fmt: skip
     assert chart.returncode != 0 and "cannot be" in chart.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_pod_monitor_in_launcher_and_chart(backend: str) -> None:
+    from tests.support.k8s_schema import validate
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    sets = [f"cluster.backend={backend}", "metrics.pod_monitor=true"]
+    ours = render_objects(load_job("convit_tiny", sets))
+    assert [o["kind"] for o in ours][:2] == ["ConfigMap", "PodMonitor"]
+    theirs = helm_objects(REPO / "jobs" / "convit_tiny.yaml", *sets)
+
+    def by_kind(objects: list) -> list:  # type: ignore[type-arg]  # helm puts kinds it does not know last
+        return sorted((normalise(o) for o in objects), key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+    assert by_kind(theirs) == by_kind(ours)
+    validate(ours[1])

@@ -140,13 +140,20 @@ renders with `--set trainerRuntime.create=true` (cluster-scoped: install it once
 templates/trainer-runtime.yaml | kubectl apply -f -`). A ConfigMap holds the job file the trainer reads.
 tests/test_chart.py renders this chart with helm and compares every object with `python -m launcher render`.
 
+## Monitoring
+
+Rank 0 serves Prometheus metrics on the worker pods' port `metrics` (9100); `--set metrics.pod_monitor=true`
+renders a prometheus-operator `PodMonitor` for them. Each pod's termination message holds rank 0's last progress
+line and result. On Atlas 800T A2 servers keep `cluster.chip: 910b` (the default; `910a` for Atlas 800), and on a
+MindCluster cluster set `cluster.scheduler_name=volcano` for the job and jobset backends.
+
 ## Permissions
 
 `--set rbac.create=true` creates a ServiceAccount, Role and RoleBinding with what the launcher needs and nothing
 more: create/get/list/watch/delete on ConfigMaps, Services, batch Jobs, Volcano Jobs, AscendJobs, JobSets and
 TrainJobs; get/list/watch on Pods; get on pods/log; patch on batch Jobs, JobSets and TrainJobs, get/list/patch on
-Kueue Workloads and create on Volcano Commands (`launcher suspend`/`resume`). It grants nothing on Secrets: the
-pods read the S3 Secret through `secretKeyRef`, which needs no RBAC.
+Kueue Workloads, create/get/delete on PodMonitors and create on Volcano Commands (`launcher suspend`/`resume`). It
+grants nothing on Secrets: the pods read the S3 Secret through `secretKeyRef`, which needs no RBAC.
 
 ## Values
 

@@ -232,6 +232,14 @@ class LoggingSpec(_Section):
     )
 
 
+class MetricsSpec(_Section):
+    """Prometheus: rank 0 serves /metrics on the worker pods' port `metrics` (convit/train/metrics.py)."""
+
+    pod_monitor: bool = Field(
+        False, description="Render a PodMonitor (prometheus-operator) that scrapes the job's worker pods."
+    )
+
+
 class StorageSpec(_Section):
     """S3 endpoint settings. Credentials are never here: they come from `secret` or the environment."""
 
@@ -505,6 +513,7 @@ class JobSpec(_Section):
     eval: EvalSpec
     checkpoint: CheckpointSpec
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 

@@ -17,6 +17,7 @@ class PodStatus:
     phase: str
     restarts: int = 0
     node: str = ""
+    message: str = ""  # the last line of its termination message: the final result, or the last progress
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class JobStatus:
     latest_progress: str | None = None
     result: str | None = None  # an evaluation's `evaluated N samples: top1 ...` line, once rank 0 printed it
     admission: str | None = None  # under Kueue: queued (and why), admitted, evicted or deactivated
+    metrics: str | None = None  # where rank 0's Prometheus /metrics is served (local mode: a URL on this machine)
 
     @property
     def finished(self) -> bool:

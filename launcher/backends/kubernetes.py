@@ -18,6 +18,7 @@ from launcher.errors import LauncherError
 from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
 from launcher.render.common import APP, configmap_name
+from launcher.render.monitoring import PODMONITORS
 from launcher.workloads import KINDS, Resource, Workload, for_object, kueue
 
 T = TypeVar("T")
@@ -85,7 +86,7 @@ class KubernetesBackend(Backend):
         elif kind == "Service":
             self._call("create", what, lambda: self.core.create_namespaced_service(ns, obj, **opts))
         else:
-            r = for_object(obj).resource
+            r = _resource(obj)
             self._call(
                 "create",
                 what,
@@ -375,7 +376,7 @@ class KubernetesBackend(Backend):
         elif kind == "Service":
             self._call("delete", what, lambda: self.core.delete_namespaced_service(name, ns, **opts))
         else:
-            r = for_object(obj).resource
+            r = _resource(obj)
             self._call(
                 "delete",
                 what,
@@ -389,10 +390,14 @@ class KubernetesBackend(Backend):
         deleted = []
         self._delete_object(obj)
         deleted.append(f"{obj['kind']}/{name}")
-        # The Service and ConfigMap this job created: only if they carry the job's instance label.
+        # The Service, ConfigMap and PodMonitor this job created: only if they carry the job's instance label (the
+        # PodMonitor's CRD may not be installed at all: a 404 either way).
+        r = PODMONITORS
+        read_monitor = functools.partial(self.custom.get_namespaced_custom_object, r.group, r.version, plural=r.plural)
         for other_kind, other_name, read in (
             ("Service", name, self.core.read_namespaced_service),
             ("ConfigMap", configmap_name(name), self.core.read_namespaced_config_map),
+            ("PodMonitor", name, lambda n, ns, **kw: read_monitor(namespace=ns, name=n, **kw)),
         ):
             try:
                 found = self._call(
@@ -404,7 +409,7 @@ class KubernetesBackend(Backend):
                 continue
             labels = (self.core.api_client.sanitize_for_serialization(found).get("metadata") or {}).get("labels") or {}
             if labels.get("app.kubernetes.io/instance") == name and labels.get("app.kubernetes.io/name") == APP:
-                self._delete_object({"kind": other_kind, "metadata": {"name": other_name}})
+                self._delete_object({"kind": other_kind, "apiVersion": "", "metadata": {"name": other_name}})
                 deleted.append(f"{other_kind}/{other_name}")
         return deleted
 
@@ -439,6 +444,25 @@ def _pod_index(pod: dict[str, Any]) -> int:
     return -1
 
 
+def _resource(obj: dict[str, Any]) -> Resource:
+    """The API resource of a custom object we create: a workload kind's, or the PodMonitor's."""
+    if obj.get("kind") == "PodMonitor":
+        return PODMONITORS
+    return for_object(obj).resource
+
+
+def _termination_message(pod: dict[str, Any]) -> str:
+    """The last line of the training container's termination message (its current or last termination)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") not in contract.CONTAINER_NAMES:
+            continue
+        for state in (status.get("state") or {}, status.get("lastState") or {}):
+            message = str((state.get("terminated") or {}).get("message") or "").strip()
+            if message:
+                return message.splitlines()[-1]
+    return ""
+
+
 def _container(pod: dict[str, Any]) -> str:
     """The training container of a pod: `ascend`, or `node` in a Kubeflow Trainer pod."""
     names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
@@ -452,4 +476,5 @@ def _pod_status(pod: dict[str, Any]) -> PodStatus:
         phase=(pod.get("status") or {}).get("phase", "Unknown"),
         restarts=_restarts(pod),
         node=(pod.get("spec") or {}).get("nodeName", "") or "",
+        message=_termination_message(pod),
     )

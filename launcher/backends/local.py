@@ -65,7 +65,13 @@ def pod_dir(state_dir: Path, index: int, incarnation: int) -> Path:
 
 
 def pod_process(
-    spec: JobSpec, objects: list[dict[str, Any]], index: int, state_dir: Path, port: int, incarnation: int = 0
+    spec: JobSpec,
+    objects: list[dict[str, Any]],
+    index: int,
+    state_dir: Path,
+    port: int,
+    incarnation: int = 0,
+    metrics_port: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """The command and environment of pod `index`, as the rendered container has them, resolved locally."""
     container = worker_template(objects)["spec"]["containers"][0]
@@ -91,6 +97,8 @@ def pod_process(
             contract.ENV_SCHED_PORT: str(port),
             contract.ENV_DEVICE: "CPU",
             contract.ENV_CACHE_DIR: str(pod_dir(state_dir, index, incarnation) / "cache"),
+            # rank 0's /metrics on a port of this job's own (pods share this host); the others serve none
+            contract.ENV_METRICS_PORT: str(metrics_port if index == 0 else 0),
             "HOME": str(pod_dir(state_dir, index, incarnation) / "home"),
         }
     )
@@ -165,8 +173,10 @@ class LocalBackend(Backend):
         ]
         log = self._dir(name) / "pod-0.log"
         lines = _tail(log) if log.exists() else []
+        phase = state.get("phase", "Pending")
+        metrics = state.get("metrics") if phase == "Running" else None
         return JobStatus(
-            name, self.namespace, state.get("phase", "Pending"), pods, latest_progress(lines), latest_result(lines)
+            name, self.namespace, phase, pods, latest_progress(lines), latest_result(lines), metrics=metrics
         )
 
     def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
@@ -356,13 +366,14 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
                 log.write(f"--- pod {index} resumed ---\n")
     while True:
         port = _free_port()
+        state["metrics"] = f"http://127.0.0.1:{(metrics := _free_port())}/metrics"
         procs = []
         incarnation += 1
         state["incarnations"] = incarnation
         for index in range(spec.cluster.pods):
             for volume in ("cache", "home"):
                 (pod_dir(state_dir, index, incarnation) / volume).mkdir(parents=True, exist_ok=True)
-            command, env = pod_process(spec, objects, index, state_dir, port, incarnation)
+            command, env = pod_process(spec, objects, index, state_dir, port, incarnation, metrics)
             pod_log = open(state_dir / f"pod-{index}.log", "ab")
             procs.append(
                 subprocess.Popen(

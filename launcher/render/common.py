@@ -19,6 +19,7 @@ RUN_AS_USER = 10001  # a high UID of no host account; device access comes from t
 SHM_MOUNT = "/dev/shm"
 DRIVER_PATH = "/usr/local/Ascend/driver"
 Obj = dict[str, Any]
+METRICS_PORT = {"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"}
 
 
 def selector_labels(spec: JobSpec) -> dict[str, str]:
@@ -127,8 +128,13 @@ def container(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if ports:
-        out["ports"] = ports
+    # Rank 0 serves Prometheus metrics from a worker pod (convit/train/metrics.py): every NPU pod names the port.
+    all_ports = [*(ports or []), *([METRICS_PORT] if npus else [])]
+    if all_ports:
+        out["ports"] = all_ports
+    # Rank 0 writes its last progress line and result to the termination message (convit/train/termination.py); a
+    # container that died before writing one shows the end of its log instead.
+    out["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return out
 
 

@@ -1,5 +1,5 @@
-"""The objects of one job: the ConfigMap with the job file, then the objects of its workload kind
-(launcher/workloads), which renders the Service and the workload itself."""
+"""The objects of one job: the ConfigMap with the job file, its PodMonitor if asked for, then the objects of its
+workload kind (launcher/workloads), which renders the Service and the workload itself, always last."""
 
 from __future__ import annotations
 
@@ -49,11 +49,12 @@ def render_objects(spec: JobSpec, *, evaluate: str | None = None) -> list[Obj]:
     `python -m convit.evaluate --weights <URI>` on the job's validation split instead of training (the job
     name is the caller's: `launcher submit --evaluate` names it `<name>-eval`). Values the kind cannot honour are
     refused here, on every path (render, submit, local)."""
+    from launcher.render.monitoring import pod_monitor
     from launcher.workloads import for_backend
 
     kind = for_backend(spec.cluster.backend)
     kind.check(spec)
-    objects = [configmap(spec), *kind.objects(spec)]
+    objects = [configmap(spec), *([pod_monitor(spec)] if spec.metrics.pod_monitor else []), *kind.objects(spec)]
     if evaluate is not None:
         kind.set_args(objects[-1], evaluation_args(evaluate))
     return objects

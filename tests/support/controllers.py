@@ -646,6 +646,7 @@ def start_pod(
         env[name] = LOCAL_IP if value in addresses else _remap(value, mounts)
     env[contract.ENV_DEVICE] = "CPU"
     env["GLOG_v"] = "3"
+    env[contract.ENV_METRICS_PORT] = "0"  # every emulated pod shares this host's ports: no /metrics here
     env.update(extra_env or {})
     container = pod.container()
     command = [sys.executable if part == "python" else part for part in container["command"]]

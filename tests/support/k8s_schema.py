@@ -46,7 +46,12 @@ def validate(obj: dict[str, Any]) -> None:
     if obj["apiVersion"] in ("v1", "batch/v1", "rbac.authorization.k8s.io/v1"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         return
-    crd = {"JobSet": "jobset", "TrainJob": "trainjob", "ClusterTrainingRuntime": "clustertrainingruntime"}
+    crd = {
+        "JobSet": "jobset",
+        "TrainJob": "trainjob",
+        "ClusterTrainingRuntime": "clustertrainingruntime",
+        "PodMonitor": "podmonitor",
+    }
     if obj["kind"] in crd:  # the upstream CRD's schema; each child Job against the official Job schema
         schema = json.loads((SCHEMAS / f"{crd[obj['kind']]}.schema.json").read_text())
         jsonschema.validate(obj, schema)

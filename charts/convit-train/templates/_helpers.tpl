@@ -128,9 +128,17 @@ spec:
           memory: {{ $c.scheduler_memory | quote }}
           {{- end }}
         {{- end }}
-      {{- with .ports }}
+      {{- /* Rank 0's Prometheus /metrics on every NPU pod (convit/train/metrics.py); the AscendJob Scheduler's port. */}}
+      {{- if or .ports .npus }}
       ports:
+        {{- with .ports }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
+        {{- if .npus }}
+        - name: metrics
+          containerPort: 9100
+          protocol: TCP
+        {{- end }}
       {{- end }}
       volumeMounts:
         - name: job
@@ -154,6 +162,8 @@ spec:
         runAsNonRoot: true
         capabilities:
           drop: ["ALL"]
+      {{- /* Rank 0's last progress line and result (convit/train/termination.py), else the end of the log. */}}
+      terminationMessagePolicy: FallbackToLogsOnError
   volumes:
     - name: job
       configMap:
