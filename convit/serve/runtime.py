@@ -1,0 +1,259 @@
+"""The served model: weights located by URI, loaded into the runtime of the device, and what the HTTP layer needs.
+
+  - `*.onnx` (with its `*.onnx.json` sidecar from `python -m convit.export`): onnxruntime on the CPU;
+  - `*.mindir` (with its sidecar): MindSpore's GraphCell (MindSpore Lite's format; the Ascend path);
+  - a checkpoint (MindCV `.ckpt`, or ours): on the CPU exported to ONNX in a temporary folder with
+    `convit.export.export_onnx` (the fastest CPU runtime measured here, docs/benchmarks.md), on Ascend run by
+    MindSpore in graph mode at a fixed batch (padded), so the graph compiles once.
+The device is `--device`, else $CONVIT_DEVICE, else CPU. Every problem is a ConvitError naming the URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from convit.cluster import contract
+from convit.errors import ConvitError
+
+INPUT_SIZE = 224
+
+
+class Runner(Protocol):
+    """Logits of a float32 (N, 3, 224, 224) batch; called from one thread at a time."""
+
+    kind: str
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+
+
+class OnnxRunner:
+    """onnxruntime, CPU provider, as many intra-op threads as cores (its default)."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort  # type: ignore[import-untyped]
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no framework noise on stderr
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ConvitError(f"{path.name}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+        dim = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = dim if isinstance(dim, int) else None
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        n = len(batch)
+        if self.fixed_batch is not None and n != self.fixed_batch:
+            batch = _pad(batch, self.fixed_batch)
+        out: NDArray[np.float32] = self.session.run([self.output], {self.input: batch})[0][:n]
+        return out
+
+
+def _pad(batch: NDArray[np.float32], size: int) -> NDArray[np.float32]:
+    if len(batch) > size:
+        raise ConvitError(f"a batch of {len(batch)} for a model fixed at batch {size}")
+    if len(batch) == size:
+        return batch
+    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+
+
+class MindSporeRunner:
+    """A MindSpore cell (our model from a checkpoint, or a MindIR's GraphCell), every batch padded to `batch` so
+    that the graph compiles once (on Ascend each new shape is a new compilation)."""
+
+    kind = "mindspore"
+
+    def __init__(self, cell: Any, batch: int) -> None:
+        self.cell = cell
+        self.batch = batch
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        import mindspore as ms
+
+        n = len(batch)
+        out = [
+            self.cell(ms.Tensor(_pad(batch[i : i + self.batch], self.batch))).asnumpy()[: min(self.batch, n - i)]
+            for i in range(0, n, self.batch)
+        ]
+        logits: NDArray[np.float32] = np.concatenate(out).astype(np.float32)
+        return logits
+
+
+@dataclass
+class ServedModel:
+    """Everything the server needs about its model."""
+
+    name: str  # the protocol's model name (--name, default the variant)
+    variant: str
+    runner: Runner
+    crop_pct: float
+    class_names: list[str]
+    source: str  # what was loaded, for the start line
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        with self.lock:
+            return self.runner(batch)
+
+
+def device_of(device: str | None) -> str:
+    device = device or os.environ.get(contract.ENV_DEVICE) or "CPU"
+    if device not in ("CPU", "Ascend"):
+        raise ConvitError(f"unknown device {device!r}: CPU or Ascend")
+    return device
+
+
+def _fetch(uri: str, dest: Path) -> None:
+    from convit.inference.weights import split_uri
+    from convit.storage import StorageError
+
+    try:
+        storage, key = split_uri(uri)
+        if uri.startswith("file://"):
+            local = Path(uri[len("file://") :])
+            if not local.is_file():
+                raise ConvitError(f"{uri} does not exist")
+            shutil.copyfile(local, dest)
+        else:
+            dest.write_bytes(storage.get(key))
+    except StorageError as exc:
+        raise ConvitError(f"{uri}: {exc}") from None
+    except OSError as exc:
+        raise ConvitError(f"{uri}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+
+
+def read_sidecar(uri: str, model_file: Path) -> dict[str, Any]:
+    """The export's sidecar `<uri>.json`, checked against the model file (sha256) and our preprocessing."""
+    from convit.inference.images import mean_std
+    from convit.train.checkpoints import sha256_file
+
+    side = model_file.with_name(model_file.name + ".json")
+    _fetch(uri + ".json", side)
+    try:
+        meta: dict[str, Any] = json.loads(side.read_text())
+        sha, variant, crop, names = meta["sha256"], meta["model"], float(meta["crop_pct"]), meta["class_names"]
+        shape = meta["input"]["shape"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ConvitError(f"{uri}.json: not a sidecar written by python -m convit.export") from None
+    if sha != sha256_file(model_file):
+        raise ConvitError(f"{uri}: sha256 differs from its sidecar's (a partial upload, or another model's sidecar)")
+    if list(shape[1:]) != [3, INPUT_SIZE, INPUT_SIZE] or [list(meta["mean"]), list(meta["std"])] != [
+        list(v) for v in mean_std()
+    ]:
+        raise ConvitError(f"{uri}.json: input {shape} / mean / std differ from this server's preprocessing")
+    if not isinstance(names, list) or not names or not isinstance(variant, str) or not 0.0 < crop <= 1.0:
+        raise ConvitError(f"{uri}.json: malformed model, crop_pct or class_names")
+    return meta
+
+
+def load_model(weights: str, *, model: str | None, name: str | None, device: str | None, max_batch: int) -> ServedModel:
+    """The model of `weights` (see the module docstring), ready to run but not yet warmed."""
+    from convit.inference.weights import normalize_uri
+
+    device = device_of(device)
+    uri = normalize_uri(weights)
+    work = Path(tempfile.mkdtemp(prefix="convit-serve-"))
+    try:
+        if uri.endswith((".onnx", ".mindir")):
+            served = _load_export(uri, work, model, device, max_batch)
+        else:
+            served = _load_checkpoint(uri, work, model, device, max_batch)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # onnxruntime and MindSpore hold the model in memory
+    if name:
+        served.name = name
+    return served
+
+
+def _load_export(uri: str, work: Path, model: str | None, device: str, max_batch: int) -> ServedModel:
+    fmt = "onnx" if uri.endswith(".onnx") else "mindir"
+    local = work / f"model.{fmt}"
+    _fetch(uri, local)
+    meta = read_sidecar(uri, local)
+    if model and model != meta["model"]:
+        raise ConvitError(f"{uri} holds a {meta['model']} model, not {model}")
+    runner: Runner
+    if fmt == "onnx":
+        runner = OnnxRunner(local)
+    else:
+        import mindspore as ms
+        from mindspore import nn
+
+        from convit.inference.runtime import init_inference
+
+        init_inference(device)
+        try:
+            cell = nn.GraphCell(ms.load(str(local)))
+        except (RuntimeError, ValueError) as exc:
+            raise ConvitError(f"{uri}: MindSpore cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        fixed = meta["input"]["shape"][0]
+        runner = MindSporeRunner(cell, int(fixed) if fixed else max_batch)
+    return ServedModel(
+        name=meta["model"],
+        variant=meta["model"],
+        runner=runner,
+        crop_pct=float(meta["crop_pct"]),
+        class_names=[str(n) for n in meta["class_names"]],
+        source=f"{fmt} {uri}",
+        device=device if fmt == "mindir" else "CPU",
+    )
+
+
+def _load_checkpoint(uri: str, work: Path, model: str | None, device: str, max_batch: int) -> ServedModel:
+    from convit.inference.classes import class_names
+    from convit.inference.images import crop_pct_of
+    from convit.inference.runtime import init_inference
+    from convit.inference.weights import build_model, read_weights
+
+    weights = read_weights(uri)
+    init_inference(device)
+    runner: Runner
+    if device == "CPU":
+        from convit.export import export_onnx
+
+        # As `python -m convit.export --format onnx` writes it (the GeLU kernel, a dynamic batch).
+        net = build_model(weights, model, gelu_form="kernel")
+        export_onnx(net, work / "model.onnx", None, work)
+        runner = OnnxRunner(work / "model.onnx")
+    else:
+        runner = MindSporeRunner(build_model(weights, model), max_batch)
+    return ServedModel(
+        name=weights.model,
+        variant=weights.model,
+        runner=runner,
+        crop_pct=crop_pct_of(weights.model),
+        class_names=class_names(weights.num_classes),
+        source=f"{weights.source} {uri}",
+        device=device,
+    )
+
+
+def warm_up(served: ServedModel, max_batch: int) -> None:
+    """One full batch and one single image through the runtime (allocations, compilation), checked for shape."""
+    for n in sorted({max_batch, 1}):
+        out = served.logits(np.zeros((n, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
+        if out.shape != (n, served.num_classes):
+            raise ConvitError(
+                f"the model answers {out.shape} for a batch of {n}; {served.num_classes} classes expected"
+            )
