@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from convit.cluster import contract
-from convit.jobspec import MODEL_NAMES, load_job
+from convit.jobspec import MODEL_NAMES, job_values, load_job
 from convit.jobspec.__main__ import chart_readme, values_schema, values_yaml
+from convit.jobspec.load import validate_job
 from launcher.render import render_objects
 from launcher.workloads import BACKENDS
 from tests.support.k8s_schema import validate
@@ -43,7 +44,8 @@ def helm_objects(job_file: Path, *sets: str) -> list[dict[str, Any]]:
 
 
 def normalise(obj: dict[str, Any]) -> dict[str, Any]:
-    """Only what necessarily differs: helm's own labels, and the job file's JSON float spelling."""
+    """Only what necessarily differs: helm's own labels, and the job file's spelling (JSON floats, defaults the
+    chart leaves to the trainer's loader)."""
     obj = json.loads(json.dumps(obj))
 
     def strip(meta: dict[str, Any]) -> None:
@@ -54,8 +56,8 @@ def normalise(obj: dict[str, Any]) -> dict[str, Any]:
     strip(obj["metadata"])
     for template in _templates(obj):
         strip(template["metadata"])
-    if obj["kind"] == "ConfigMap":
-        obj["data"] = {k: json.loads(v) for k, v in obj["data"].items()}
+    if obj["kind"] == "ConfigMap":  # the job file as the trainer reads it (defaults of list items filled in)
+        obj["data"] = {k: job_values(validate_job(json.loads(v), k)) for k, v in obj["data"].items()}
     return obj
 
 

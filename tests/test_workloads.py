@@ -230,3 +230,75 @@ def test_the_pod_monitor_in_launcher_and_chart(backend: str) -> None:
 
     assert by_kind(theirs) == by_kind(ours)
     validate(ours[1])
+
+
+POD_VALUES = """
+cluster:
+  pod_labels: {team: vision, cost-center: "42"}
+  pod_annotations: {example.com/owner: "ml-platform", sidecar.istio.io/inject: "false"}
+  image_pull_secrets: [registry-creds]
+  service_account: convit-trainer
+  extra_env: [{name: TZ, value: UTC}, {name: HTTPS_PROXY, value: "http://proxy:3128"}]
+  extra_volumes:
+    - {name: datasets, mount_path: /datasets, pvc: imagenet-pvc}
+    - {name: certs, mount_path: /etc/ssl/custom, secret: corp-ca}
+    - {name: scratch, mount_path: /scratch, empty_dir: true, read_only: false}
+  run_as_user: 20001
+  device_group: 1001
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pod_values_people_look_for_in_launcher_and_chart(backend: str, tmp_path: Path) -> None:
+    """Pod labels and annotations, pull secrets, a service account, extra env and volumes, and the security-context
+    override reach every training pod, the same from the launcher and the chart, and validate."""
+    from launcher.workloads.trainjob import full_pod
+    from tests.support.controllers import emulator
+    from tests.support.k8s_schema import validate
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    values = yaml.safe_load((REPO / "jobs" / "convit_tiny.yaml").read_text())
+    values["cluster"].update(yaml.safe_load(POD_VALUES)["cluster"])
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(values))
+    spec = load_job(str(job_file), [f"cluster.backend={backend}"])
+    ours = render_objects(spec)
+    theirs = helm_objects(job_file, f"cluster.backend={backend}")
+    assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
+    for obj in ours:
+        validate(obj)
+    templates = [full_pod(spec)] if backend == "trainjob" else [for_object(ours[-1]).worker_template(ours[-1])]
+    if backend == "trainjob":  # what Trainer builds from runtime + TrainJob has them too
+        (rjob,) = emulator(ours[-1]).jobset["spec"]["replicatedJobs"]  # type: ignore[union-attr]
+        templates.append(rjob["template"]["spec"]["template"])
+    for pod in templates:
+        assert pod["metadata"]["labels"]["team"] == "vision"
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+        assert pod["spec"]["serviceAccountName"] == "convit-trainer"
+        assert pod["spec"]["securityContext"]["runAsUser"] == 20001
+        assert pod["spec"]["securityContext"]["fsGroup"] == 1001
+        ctr = pod["spec"]["containers"][0]
+        assert {"name": "TZ", "value": "UTC"} in ctr["env"]
+        assert {"name": "datasets", "mountPath": "/datasets", "readOnly": True} in ctr["volumeMounts"]
+        claims = [v for v in pod["spec"]["volumes"] if v["name"] == "datasets"]
+        assert claims == [
+            {"name": "datasets", "persistentVolumeClaim": {"claimName": "imagenet-pvc", "readOnly": True}}
+        ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("cluster.extra_env=[{name: MS_WORKER_NUM, value: '1'}]", "set by the job itself"),
+        ("cluster.extra_env=[{name: AWS_SECRET_ACCESS_KEY, value: x}]", "set by the job itself"),
+        ("cluster.pod_labels={app.kubernetes.io/instance: other}", "a label of the job itself"),
+        ("cluster.extra_volumes=[{name: x, mount_path: /etc/convit, empty_dir: true}]", "overlaps a mount"),
+        ("cluster.extra_volumes=[{name: x, mount_path: /data}]", "exactly one of"),
+        ("cluster.extra_volumes=[{name: cache, mount_path: /data, empty_dir: true}]", "a volume of the job itself"),
+        ("cluster.run_as_user=0", "run_as_user"),
+    ],
+)
+def test_pod_values_cannot_replace_what_the_job_needs(setting: str, complaint: str) -> None:
+    with pytest.raises(JobSpecError, match=re.escape(complaint)):
+        load_job("convit_tiny", [setting])

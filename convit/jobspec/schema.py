@@ -297,6 +297,77 @@ class Toleration(_Section):
         return self
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The variables the pods get from the job itself (convit/cluster/contract.py, launcher/render/common.py): extra_env
+# cannot replace them.
+_RESERVED_ENV = re.compile(r"^(MS_|CONVIT_|AWS_|GLOG_|HCCL_|ASCEND_)|^(HOME|PYTHONUNBUFFERED|DEVICE_ID|RANK_ID)$")
+# Our labels (launcher/render/common.py): pod_labels cannot replace them.
+_RESERVED_LABEL = re.compile(r"^app\.kubernetes\.io/")
+_ANNOTATION_VALUE_MAX = 4096
+_MOUNT_PATH = re.compile(r"^/[!-~]*$")
+_RESERVED_MOUNTS = ("/etc/convit", "/dev/shm", "/var/cache/convit", "/tmp", "/usr/local/Ascend/driver")
+
+
+class EnvVar(_Section):
+    """A plain variable for the training container (secrets belong in storage.secret or a mounted Secret)."""
+
+    name: str = Field(json_schema_extra=_schema(_ENV_NAME.pattern, 128))
+    value: str = Field("", json_schema_extra={"maxLength": 4096})
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if len(value) > 128 or not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name (letters, digits, '_')")
+        if _RESERVED_ENV.search(value):
+            raise ValueError(f"{value!r} is set by the job itself (MindSpore, CONVIT_, AWS_ and runtime variables)")
+        return value
+
+
+class ExtraVolume(_Section):
+    """A volume mounted into the training container: exactly one of pvc, config_map, secret, empty_dir."""
+
+    name: str = Field(json_schema_extra=_schema(_DNS_PATTERN, 63))
+    mount_path: str = Field(json_schema_extra=_schema(_MOUNT_PATH.pattern, 4096))
+    read_only: bool = True
+    pvc: str = Field("", description="PersistentVolumeClaim name.", json_schema_extra={"maxLength": 253})
+    config_map: str = Field("", description="ConfigMap name.", json_schema_extra={"maxLength": 253})
+    secret: str = Field("", description="Secret name.", json_schema_extra={"maxLength": 253})
+    empty_dir: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _volume_name(cls, value: str) -> str:
+        if value in ("job", "dshm", "cache", "tmp", "ascend-driver"):
+            raise ValueError(f"{value!r} is a volume of the job itself")
+        return _check_dns_label(value, 63)
+
+    @field_validator("mount_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if len(value) > 4096 or not _MOUNT_PATH.fullmatch(value) or "/../" in value + "/":
+            raise ValueError(f"{value!r} is not an absolute mount path")
+        if any(
+            value == m or value.startswith(m + "/") or m.startswith(value.rstrip("/") + "/") for m in _RESERVED_MOUNTS
+        ):
+            raise ValueError(f"{value!r} overlaps a mount of the job itself ({', '.join(_RESERVED_MOUNTS)})")
+        return value
+
+    @field_validator("pvc", "config_map", "secret")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value and (len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value)):
+            raise ValueError(f"{value!r} is not an object name (a DNS-1123 subdomain)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExtraVolume:
+        sources = [bool(self.pvc), bool(self.config_map), bool(self.secret), self.empty_dir]
+        if sum(sources) != 1:
+            raise ValueError(f"volume {self.name!r} needs exactly one of pvc, config_map, secret, empty_dir")
+        return self
+
+
 class ClusterSpec(_Section):
     """The job's shape on Kubernetes (ignored by the trainer itself)."""
 
@@ -378,6 +449,29 @@ class ClusterSpec(_Section):
         description="Kueue WorkloadPriorityClass of the job (with kueue_queue): kueue.x-k8s.io/priority-class.",
         json_schema_extra=_schema(f"^({_DNS_PATTERN.strip('^$')})?$", 63),
     )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels of the pods (not app.kubernetes.io/*, which are the job's)."
+    )
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the pods.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets the kubelet pulls the image with (imagePullSecrets)."
+    )
+    service_account: str = Field(
+        "",
+        description="ServiceAccount of the pods (empty: the namespace's default); its token is not mounted.",
+        json_schema_extra=_schema(f"^({_DNS1123_SUBDOMAIN.pattern.strip('^$')})?$", 253),
+    )
+    extra_env: list[EnvVar] = Field(default_factory=list, description="Extra variables of the training container.")
+    extra_volumes: list[ExtraVolume] = Field(
+        default_factory=list, description="Extra volumes mounted into the training container."
+    )
+    run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = Field(
+        10001, description="UID the containers run as (never 0: the pods run as non-root)."
+    )
+    device_group: Annotated[int, Field(ge=0, le=2_147_483_647)] = Field(
+        1000,
+        description="GID of the NPU devices on the hosts (CANN's HwHiAiUser, 1000 by default): runAsGroup, fsGroup.",
+    )
     priority_class: str = Field(
         "",
         description="PriorityClass of the pods (priorityClassName); Volcano and Kueue read it too.",
@@ -451,6 +545,55 @@ class ClusterSpec(_Section):
                 _check_label_value(item)
             except ValueError as exc:
                 raise ValueError(f"{exc} (for {key!r})") from None
+        return value
+
+    @field_validator("pod_labels")
+    @classmethod
+    def _pod_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if _RESERVED_LABEL.search(key):
+                raise ValueError(f"{key!r} is a label of the job itself")
+        return cls._labels(value)
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _check_label_key(key)
+            if len(item) > _ANNOTATION_VALUE_MAX:
+                raise ValueError(f"annotation {key!r}: at most {_ANNOTATION_VALUE_MAX} characters")
+        return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a Secret name (a DNS-1123 subdomain)")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, value: str) -> str:
+        if value and (len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value)):
+            raise ValueError(f"{value!r} is not a ServiceAccount name (a DNS-1123 subdomain)")
+        return value
+
+    @field_validator("extra_env")
+    @classmethod
+    def _unique_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each variable once")
+        return value
+
+    @field_validator("extra_volumes")
+    @classmethod
+    def _unique_volumes(cls, value: list[ExtraVolume]) -> list[ExtraVolume]:
+        for key in ("name", "mount_path"):
+            items = [getattr(v, key) for v in value]
+            if len(set(items)) != len(items):
+                raise ValueError(f"each volume {key} once")
         return value
 
     @property

@@ -11,11 +11,10 @@ from typing import Any
 from convit import __version__
 from convit.cluster import contract
 from convit.jobspec import JobSpec
+from convit.jobspec.schema import ExtraVolume
 from launcher.render import placement
 
 APP = "convit-train"
-DRIVER_GID = 1000  # HwHiAiUser, the group that owns the Ascend devices on the hosts (CANN's default)
-RUN_AS_USER = 10001  # a high UID of no host account; device access comes from the driver group
 SHM_MOUNT = "/dev/shm"
 DRIVER_PATH = "/usr/local/Ascend/driver"
 Obj = dict[str, Any]
@@ -111,13 +110,14 @@ def container(
     ]
     if npus:
         mounts.append({"name": "ascend-driver", "mountPath": DRIVER_PATH, "readOnly": True})
+    mounts += [{"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only} for v in c.extra_volumes]
     out: Obj = {
         "name": name,
         "image": c.image,
         "imagePullPolicy": c.image_pull_policy,
         "command": list(contract.POD_COMMAND),
         "args": ["--job", contract.JOB_FILE],
-        "env": [*env, *base_env, *storage_env(spec)],
+        "env": [*env, *base_env, *storage_env(spec), *(e.model_dump() for e in c.extra_env)],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "volumeMounts": mounts,
         "securityContext": {
@@ -147,7 +147,17 @@ def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
     ]
     if npus:
         vols.append({"name": "ascend-driver", "hostPath": {"path": DRIVER_PATH, "type": "Directory"}})
-    return vols
+    return vols + [extra_volume(v) for v in spec.cluster.extra_volumes]
+
+
+def extra_volume(volume: ExtraVolume) -> Obj:
+    if volume.pvc:
+        return {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.pvc, "readOnly": volume.read_only}}
+    if volume.config_map:
+        return {"name": volume.name, "configMap": {"name": volume.config_map}}
+    if volume.secret:
+        return {"name": volume.name, "secret": {"secretName": volume.secret}}
+    return {"name": volume.name, "emptyDir": {}}
 
 
 def pod_spec(
@@ -170,10 +180,10 @@ def pod_spec(
         "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": DRIVER_GID,
-            "fsGroup": DRIVER_GID,
-            "supplementalGroups": [DRIVER_GID],
+            "runAsUser": c.run_as_user,  # a high UID of no host account (the image's, 10001, by default)
+            "runAsGroup": c.device_group,  # device access comes from the NPU devices' group (HwHiAiUser)
+            "fsGroup": c.device_group,
+            "supplementalGroups": [c.device_group],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container(spec, env, npus, ports, container_name)],
@@ -181,6 +191,10 @@ def pod_spec(
     }
     if subdomain:
         pod["subdomain"] = subdomain
+    if c.service_account:
+        pod["serviceAccountName"] = c.service_account
+    if c.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in c.image_pull_secrets]
     if scheduler_name:
         pod["schedulerName"] = scheduler_name
     selector = placement.node_selector(spec, npus)  # NPU servers of the chip; a pod without NPUs: only the arch
@@ -206,8 +220,11 @@ def pod_template(
     scheduler_name: str = "",
     container_name: str = contract.CONTAINER_NAME,
 ) -> Obj:
+    meta: Obj = {"labels": {**spec.cluster.pod_labels, **labels(spec, component), **(extra_labels or {})}}
+    if spec.cluster.pod_annotations:
+        meta["annotations"] = dict(spec.cluster.pod_annotations)
     return {
-        "metadata": {"labels": {**labels(spec, component), **(extra_labels or {})}},
+        "metadata": meta,
         "spec": pod_spec(
             spec,
             env,

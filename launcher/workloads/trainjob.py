@@ -54,7 +54,7 @@ FRAMEWORK_LABEL = "trainer.kubeflow.org/framework"
 VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 RUNTIMES = Resource("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes")
 # What a TrainJob gives per job, everything else in the pod comes from the runtime (see split_pod).
-JOB_VOLUMES = ("job", "dshm")  # the job file's ConfigMap; /dev/shm, sized per job
+RUNTIME_VOLUMES = ("dshm", "cache", "tmp", "ascend-driver")  # /dev/shm's size limit is the job's
 
 
 def full_pod(spec: JobSpec) -> Obj:
@@ -65,29 +65,45 @@ def full_pod(spec: JobSpec) -> Obj:
 
 
 def split_pod(pod: Obj) -> tuple[Obj, Obj]:
-    """(the runtime's pod template, the job's part): the job's part is image, args, env, resources, the job file
-    and /dev/shm volumes and mount, node selector, tolerations, grace period and labels; the rest is the same for
-    every job and lives in the runtime."""
+    """(the runtime's pod template, the job's part). The runtime keeps what is the same for every job: the command,
+    the container's security context, its ports, the cache, tmp, driver and (unsized) /dev/shm volumes and their
+    mounts. The job's part is everything else: image, args, env, resources, labels and annotations, the pod
+    security context, service account and pull secrets, the job file's, /dev/shm's (sized) and the extra volumes
+    and their mounts, node selector, tolerations and grace period."""
     runtime = copy.deepcopy(pod)
     spec = runtime["spec"]
     (ctr,) = spec["containers"]
+    metadata = runtime.pop("metadata")
     job: Obj = copy.deepcopy(
         {
-            "labels": runtime.pop("metadata")["labels"],
+            "labels": metadata["labels"],
+            "annotations": metadata.get("annotations"),
             "image": ctr.pop("image"),
             "args": ctr.pop("args"),
             "env": ctr.pop("env"),
             "resources": ctr.pop("resources"),
-            "mounts": [m for m in ctr["volumeMounts"] if m["name"] == "job"],
-            "volumes": [v for v in spec["volumes"] if v["name"] in JOB_VOLUMES],
-            "grace": spec.pop("terminationGracePeriodSeconds"),
-            "node_selector": spec.pop("nodeSelector", None),
-            "tolerations": spec.pop("tolerations", None),
+            "mounts": [m for m in ctr["volumeMounts"] if m["name"] not in RUNTIME_VOLUMES],
+            "volumes": [v for v in spec["volumes"] if v["name"] not in RUNTIME_VOLUMES or v["name"] == "dshm"],
+            "pod": {
+                key: spec.pop(key)
+                for key in (
+                    "terminationGracePeriodSeconds",
+                    "securityContext",
+                    "serviceAccountName",
+                    "imagePullSecrets",
+                    "nodeSelector",
+                    "tolerations",
+                )
+                if key in spec
+            },
         }
     )
+    spec["securityContext"] = copy.deepcopy(
+        job["pod"]["securityContext"]
+    )  # the default; each TrainJob restates its own
     ctr["imagePullPolicy"] = RUNTIME_PULL_POLICY
-    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] != "job"]
-    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "job"]
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] in RUNTIME_VOLUMES]
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] in RUNTIME_VOLUMES]
     for volume in spec["volumes"]:
         if volume["name"] == "dshm":
             volume["emptyDir"].pop("sizeLimit", None)
@@ -174,15 +190,10 @@ class TrainJobWorkload(Workload):
         c = spec.cluster
         _template, job = split_pod(full_pod(spec))
         container_patch: Obj = {"name": contract.TRAINER_CONTAINER_NAME, "volumeMounts": job["mounts"]}
-        pod_patch: Obj = {
-            "volumes": job["volumes"],
-            "containers": [container_patch],
-            "terminationGracePeriodSeconds": job["grace"],
-        }
-        if job["node_selector"]:
-            pod_patch["nodeSelector"] = job["node_selector"]
-        if job["tolerations"]:
-            pod_patch["tolerations"] = job["tolerations"]
+        pod_patch: Obj = {"volumes": job["volumes"], "containers": [container_patch], **job["pod"]}
+        pod_metadata: Obj = {"labels": job["labels"]}
+        if job["annotations"]:
+            pod_metadata["annotations"] = job["annotations"]
         trainjob_spec: Obj = {
             **({"suspend": True} if c.kueue_queue else {}),  # created suspended: Kueue starts it on admission
             "runtimeRef": {"name": RUNTIME_NAME, "apiGroup": RUNTIMES.group, "kind": "ClusterTrainingRuntime"},
@@ -205,9 +216,7 @@ class TrainJobWorkload(Workload):
                                     {
                                         "name": TRAINER_RJOB,
                                         "template": {
-                                            "spec": {
-                                                "template": {"metadata": {"labels": job["labels"]}, "spec": pod_patch}
-                                            }
+                                            "spec": {"template": {"metadata": pod_metadata, "spec": pod_patch}}
                                         },
                                     }
                                 ]

@@ -56,10 +56,21 @@ labels:
 {{- $c := $v.cluster -}}
 metadata:
   labels:
+    {{- with $c.pod_labels }}
+    {{- range $key, $value := . }}
+    {{ $key | quote }}: {{ $value | quote }}
+    {{- end }}
+    {{- end }}
     {{- include "convit-train.labels" (dict "root" .root "component" .component) | nindent 4 }}
     {{- with .extraLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- with $c.pod_annotations }}
+  annotations:
+    {{- range $key, $value := . }}
+    {{ $key | quote }}: {{ $value | quote }}
+    {{- end }}
+  {{- end }}
 spec:
   {{- /* AscendJob templates leave it out: the ascend-operator overwrites it with the replica's (and warns). */}}
   {{- with .restartPolicy }}
@@ -69,10 +80,10 @@ spec:
   automountServiceAccountToken: false
   securityContext:
     runAsNonRoot: true
-    runAsUser: 10001
-    runAsGroup: 1000
-    fsGroup: 1000
-    supplementalGroups: [1000]
+    runAsUser: {{ $c.run_as_user | int }}
+    runAsGroup: {{ $c.device_group | int }}
+    fsGroup: {{ $c.device_group | int }}
+    supplementalGroups: [{{ $c.device_group | int }}]
     seccompProfile:
       type: RuntimeDefault
   containers:
@@ -116,6 +127,10 @@ spec:
               name: {{ $v.storage.secret | quote }}
               key: {{ . }}
         {{- end }}
+        {{- range $c.extra_env }}
+        - name: {{ .name | quote }}
+          value: {{ .value | quote }}
+        {{- end }}
       resources:
         {{- range list "requests" "limits" }}
         {{ . }}:
@@ -155,6 +170,11 @@ spec:
           mountPath: /usr/local/Ascend/driver
           readOnly: true
         {{- end }}
+        {{- range $c.extra_volumes }}
+        - name: {{ .name | quote }}
+          mountPath: {{ .mount_path | quote }}
+          readOnly: {{ ternary .read_only true (hasKey . "read_only") }}
+        {{- end }}
       securityContext:
         allowPrivilegeEscalation: false
         privileged: false
@@ -182,8 +202,33 @@ spec:
         path: /usr/local/Ascend/driver
         type: Directory
     {{- end }}
+    {{- range $c.extra_volumes }}
+    - name: {{ .name | quote }}
+      {{- if .pvc }}
+      persistentVolumeClaim:
+        claimName: {{ .pvc | quote }}
+        readOnly: {{ ternary .read_only true (hasKey . "read_only") }}
+      {{- else if .config_map }}
+      configMap:
+        name: {{ .config_map | quote }}
+      {{- else if .secret }}
+      secret:
+        secretName: {{ .secret | quote }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    {{- end }}
   {{- with .subdomain }}
   subdomain: {{ . | quote }}
+  {{- end }}
+  {{- with $c.service_account }}
+  serviceAccountName: {{ . | quote }}
+  {{- end }}
+  {{- with $c.image_pull_secrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . | quote }}
+    {{- end }}
   {{- end }}
   {{- with .schedulerName }}
   schedulerName: {{ . | quote }}
