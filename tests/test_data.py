@@ -322,3 +322,24 @@ def test_prepare_resumes_after_an_interruption(sample_dirs: dict[str, str], tmp_
     assert {k: store.get(k) for k in first} == first
     rewritten = [k for k in first if (tmp_path / "shards" / k).stat().st_mtime_ns != mtimes[k]]
     assert rewritten == [victim] and store.exists("index.json")
+
+
+def test_data_tools_take_the_job_specs_storage_settings(
+    bucket: str, s3: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m convit.data --endpoint URL` as the job spec's storage.endpoint (checked the same way): a sample is
+    written to a real S3 server named only by the flag; an endpoint with credentials in it is one ERROR line."""
+    from convit.data.__main__ import main as data_main
+    from convit.storage import open_storage
+
+    endpoint = s3["AWS_ENDPOINT_URL_S3"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    args = ["make-sample", "--dst", f"s3://{bucket}/sample", "--classes", "2", "--per-class", "2"]
+    assert data_main([*args, "--endpoint", endpoint, "--addressing-style", "path"]) == 0
+    assert capsys.readouterr().out.startswith("wrote 14 images (2 classes)")  # 2 x (2 train + 5 val)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    assert len([k for k in open_storage(f"s3://{bucket}/sample").list() if k.endswith(".JPEG")]) == 14
+    assert data_main([*args, "--endpoint", "http://key:secret@" + endpoint.split("://", 1)[1]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: --endpoint:") and "secret" not in err and err.count("\n") == 1

@@ -10,6 +10,8 @@ Every restarted pod is a new pod with empty emptyDirs; its compiled graphs come 
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +62,12 @@ def _objects(backend: str, sample: str, out: Path, *sets: str) -> list[dict]:  #
     return render_objects(spec)
 
 
-def _run(backend: str, sample: str, tmp: Path, faults: list[Fault], timeout: float = 900) -> tuple[Outcome, Path]:
+def _run(
+    backend: str, sample: str, tmp: Path, faults: list[Fault], timeout: float = 900, graphs: Path | None = None
+) -> tuple[Outcome, Path]:
     out = tmp / "ckpt"
+    if graphs is not None:  # the uninterrupted run's compiled graphs, kept in object storage as every job keeps them
+        shutil.copytree(graphs, out / "compile-cache")
     objects = _objects(backend, sample, out)
     outcome = Lifecycle(emulator(objects[-1]), objects, tmp / "pods").run(faults, timeout)
     return outcome, out
@@ -74,13 +80,20 @@ def _weights(out: Path) -> dict[str, np.ndarray]:
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
+@dataclass
+class Straight:
+    weights: dict[str, np.ndarray]
+    graphs: Path  # its compile cache in object storage: the faulted runs start from it, as a resubmitted job would
+
+
 @pytest.fixture(scope="module")
-def straight(sample: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+def straight(sample: str, tmp_path_factory: pytest.TempPathFactory) -> Straight:
     """The uninterrupted run (the same for every controller: 2 ranks, the same recipe)."""
     tmp = tmp_path_factory.mktemp("straight")
     outcome, out = _run("job", sample, tmp, [])
     assert outcome.result == SUCCEEDED, outcome.report()
-    return _weights(out)
+    assert (out / "compile-cache").is_dir(), "the run kept its compiled graphs beside its checkpoints"
+    return Straight(_weights(out), out / "compile-cache")
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -100,49 +113,45 @@ SAVED = "checkpoint step 2 saved"
 
 
 def test_indexed_job_replaces_each_failed_index_and_the_gang_reforms(
-    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+    sample: str, straight: Straight, tmp_path: Path
 ) -> None:
     """SIGKILL of rank 1: the Job controller replaces index 1 alone; rank 0 loses its peer and its pod fails too,
     so index 0 is replaced as well and the new pair forms a new cluster from the step-2 checkpoint."""
-    outcome, out = _run("job", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)])
+    outcome, out = _run("job", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)], graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
     replaced = {e.pod for e in outcome.events if e.decision == RECREATE_POD}
     assert len(replaced) == 2, outcome.report()  # both indexes: the whole gang restarted
     assert len([e for e in outcome.events if e.decision == RECREATE_POD]) <= 4  # backoffLimit 2 x 2 pods
     _prompt(outcome, pods=2)
-    assert _same(_weights(out), straight), "the recovered job diverged from the uninterrupted one"
+    assert _same(_weights(out), straight.weights), "the recovered job diverged from the uninterrupted one"
 
 
-def test_volcano_restarts_the_job_once_when_the_scheduler_dies(
-    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
-) -> None:
+def test_volcano_restarts_the_job_once_when_the_scheduler_dies(sample: str, straight: Straight, tmp_path: Path) -> None:
     """SIGKILL of the MindSpore scheduler process (in pod 0): the cluster is lost, a pod fails, Volcano's
     PodFailed -> RestartJob recreates every pod, once."""
-    outcome, out = _run("volcano", sample, tmp_path, [Fault(0, SAVED, "kill-scheduler")])
+    outcome, out = _run("volcano", sample, tmp_path, [Fault(0, SAVED, "kill-scheduler")], graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
     assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
     _prompt(outcome)
-    assert _same(_weights(out), straight)
+    assert _same(_weights(out), straight.weights)
 
 
-def test_ascendjob_is_rescheduled_whole_when_a_worker_dies(
-    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
-) -> None:
+def test_ascendjob_is_rescheduled_whole_when_a_worker_dies(sample: str, straight: Straight, tmp_path: Path) -> None:
     """SIGKILL of rank 0 (Worker pod 0): without MindCluster's fault-retry-times the AscendJob would fail here;
     with it, the whole job is rescheduled once."""
-    outcome, out = _run("ascendjob", sample, tmp_path, [Fault(1, SAVED, "kill-worker", 0)])
+    outcome, out = _run("ascendjob", sample, tmp_path, [Fault(1, SAVED, "kill-worker", 0)], graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
     assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
     _prompt(outcome)
-    assert _same(_weights(out), straight)
+    assert _same(_weights(out), straight.weights)
 
 
 def test_jobset_restarts_the_whole_gang_once_when_a_worker_dies(
-    sample: str, straight: dict[str, np.ndarray], tmp_path: Path
+    sample: str, straight: Straight, tmp_path: Path
 ) -> None:
     """SIGKILL of rank 1: its pod fails the child Job (backoffLimit 0) and the JobSet recreates every pod, once."""
-    outcome, out = _run("jobset", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)])
+    outcome, out = _run("jobset", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)], graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
     assert outcome.decisions() == [RESTART_JOB, SUCCEEDED], outcome.report()
     _prompt(outcome)
-    assert _same(_weights(out), straight)
+    assert _same(_weights(out), straight.weights)

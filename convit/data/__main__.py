@@ -27,14 +27,44 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--shard-size", default="256MB")
     prep.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
     prep.add_argument("--quiet", action="store_true")
+    for command in (sample, prep):  # the job spec's storage settings, for data tools run outside a job
+        command.add_argument("--endpoint", help="S3 endpoint URL, as storage.endpoint (default: $AWS_ENDPOINT_URL_S3)")
+        command.add_argument("--region", help="S3 region, as storage.region")
+        command.add_argument(
+            "--addressing-style", choices=["auto", "path", "virtual"], help="as storage.addressing_style"
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return cli_boundary(lambda: _run(args))
 
 
+def _storage_env(args: argparse.Namespace) -> None:
+    """--endpoint/--region/--addressing-style, checked as the job spec checks them, into the environment the S3
+    client reads (convit/storage/s3.py): credentials still come only from the environment."""
+    import os
+
+    from pydantic import ValidationError
+
+    from convit.jobspec.schema import StorageSpec
+
+    given = {"endpoint": args.endpoint, "region": args.region, "addressing_style": args.addressing_style}
+    try:
+        storage = StorageSpec.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConvitError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+    if args.endpoint is not None:
+        os.environ["AWS_ENDPOINT_URL_S3"] = storage.endpoint
+    if args.region is not None:
+        os.environ["AWS_REGION"] = storage.region
+    if args.addressing_style is not None:
+        os.environ["CONVIT_S3_ADDRESSING_STYLE"] = storage.addressing_style
+
+
 def _run(args: argparse.Namespace) -> int:
     from convit.storage import open_storage
 
+    _storage_env(args)
     if not 0 <= args.seed <= SEED_MAX:
         raise ConvitError(f"--seed must be in [0, {SEED_MAX}]")
     if args.command == "make-sample":
