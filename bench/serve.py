@@ -7,7 +7,8 @@ The model is convit_tiny (1000 classes; random weights unless --onnx names an ex
 with `python -m convit.export --format onnx` (dynamic batch). Clients send one real photograph per request
 (matplotlib's sample photographs and crops of them, JPEG/PNG) as the raw body of POST /v1/classify, on a new
 connection each, back to back, for --seconds or --requests per client at least. Direct: onnxruntime's
-InferenceSession on the same file, batch 16 (images/s) and batch 1, plus the decode + preprocessing of one image
+InferenceSession on the same file with the server's session options, batch 16 (images/s) and batch 1, measured
+before each concurrency level and after the last (the machine is shared), plus the decode + preprocessing of one image
 (convit.inference.images.preprocess, what the server runs), median of --steps calls. Goals (issue 18): at
 concurrency 16, >= 0.85x the direct batch-16 throughput; at concurrency 1, p50 <= 1.2x (one direct batch-1 call +
 one decode). The clients run in this process (threads), on the same cores as the server.
@@ -42,19 +43,22 @@ def photographs() -> list[bytes]:
 
 
 def export_model(work: Path) -> Path:
-    import mindspore as ms
+    """A random-init convit_tiny, saved and exported by `python -m convit.export` in child processes (MindSpore
+    stays out of this process, whose onnxruntime is the direct reference)."""
+    import subprocess
 
-    from convit.export import main as export_main
-    from convit.models import create_model
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    ms.set_seed(0)
-    net = create_model("convit_tiny", drop_path_rate=0.0)
-    ms.save_checkpoint(net, str(work / "convit_tiny.ckpt"))
+    root = Path(__file__).resolve().parents[1]
+    save = (
+        "import mindspore as ms; from convit.models import create_model; ms.set_context(mode=ms.GRAPH_MODE); "
+        "ms.set_device('CPU'); ms.set_seed(0); "
+        f"ms.save_checkpoint(create_model('convit_tiny', drop_path_rate=0.0), {str(work / 'convit_tiny.ckpt')!r})"
+    )
     out = work / "convit_tiny.onnx"
-    if export_main(["--weights", str(work / "convit_tiny.ckpt"), "--format", "onnx", "--output", str(out)]) != 0:
-        raise SystemExit("export failed")
+    for argv in (
+        ["-c", save],
+        ["-m", "convit.export", "--weights", str(work / "convit_tiny.ckpt"), "--format", "onnx", "--output", str(out)],
+    ):
+        subprocess.run([sys.executable, *argv], cwd=root, check=True)
     return out
 
 
@@ -74,7 +78,9 @@ def direct(model: Path, images: list[bytes], steps: int) -> dict[str, float]:
 
     from convit.inference.images import preprocess
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # the server's options (convit/serve/runtime.py): no busy-waiting threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     rows = np.stack([preprocess(images[i % len(images)], 0.875) for i in range(16)])
     batch16 = median_seconds(lambda: session.run(["logits"], {"image": rows}), steps)
     batch1 = median_seconds(lambda: session.run(["logits"], {"image": rows[:1]}), steps * 2)
@@ -143,7 +149,7 @@ def main() -> None:
             server.wait_ready()
             for data in images:  # first requests: thread pools, allocations
                 assert classify_one(server.port, data).status == 200
-            ref = direct(model, images, args.steps)
+            refs = [direct(model, images, args.steps)]
             rows = []
             for clients in args.concurrency:
                 before = (metric(server.port, "convit_serve_batch_size_sum"),
@@ -154,7 +160,9 @@ def main() -> None:
                 result["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
                 rows.append((clients, result))
                 print(f"c={clients}: {result}", file=sys.stderr, flush=True)
-            ref_after = direct(model, images, args.steps)  # again: the machine is shared, load drifts
+                # direct again after each level: the machine is shared and its load drifts; each level is compared
+                # with the mean of the direct figures measured just before and just after it
+                refs.append(direct(model, images, args.steps))
         finally:
             code = server.stop()
             if code != 0:
@@ -162,22 +170,21 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    batch16 = (ref["batch16_ips"] + ref_after["batch16_ips"]) / 2
-    one_call = (ref["batch1_s"] + ref_after["batch1_s"]) / 2 + (ref["decode_s"] + ref_after["decode_s"]) / 2
-    print(f"direct onnxruntime batch 16: {ref['batch16_ips']:.1f} / {ref_after['batch16_ips']:.1f} images/s "
-          f"(before / after the load); batch 1: {ref['batch1_s'] * 1000:.1f} / {ref_after['batch1_s'] * 1000:.1f} "
-          f"ms; decode + preprocess: {ref['decode_s'] * 1000:.1f} / {ref_after['decode_s'] * 1000:.1f} ms")  # fmt: skip
+    print("direct onnxruntime, measured before each level and after the last: batch 16 "
+          + " / ".join(f"{r['batch16_ips']:.1f}" for r in refs) + " images/s; batch 1 "
+          + " / ".join(f"{r['batch1_s'] * 1000:.1f}" for r in refs) + " ms; decode + preprocess "
+          + " / ".join(f"{r['decode_s'] * 1000:.1f}" for r in refs) + " ms")  # fmt: skip
     print()
-    print("| clients | images/s | vs direct batch 16 | p50 ms | p99 ms | p50 vs direct call + decode | mean batch |")
-    print("|---|---|---|---|---|---|---|")
-    for clients, r in rows:
+    print("| clients | images/s | direct batch 16 images/s | ratio | p50 ms | p99 ms | direct batch 1 + decode ms "
+          "| p50 ratio | mean batch |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, (clients, r) in enumerate(rows):
+        batch16 = (refs[i]["batch16_ips"] + refs[i + 1]["batch16_ips"]) / 2
+        one = sum(refs[j]["batch1_s"] + refs[j]["decode_s"] for j in (i, i + 1)) / 2
         print(
-            f"| {clients} | {r['ips']:.1f} | {r['ips'] / batch16:.2f}x | {r['p50'] * 1000:.1f} | {r['p99'] * 1000:.1f} "
-            f"| {r['p50'] / one_call:.2f}x | {r['mean_batch']:.1f} |"
+            f"| {clients} | {r['ips']:.1f} | {batch16:.1f} | {r['ips'] / batch16:.2f}x | {r['p50'] * 1000:.1f} "
+            f"| {r['p99'] * 1000:.1f} | {one * 1000:.1f} | {r['p50'] / one:.2f}x | {r['mean_batch']:.1f} |"
         )
-    print(f"| direct, batch 16 | {batch16:.1f} | 1.00x | | | | 16 |")
-    print(f"| direct, batch 1 + decode | {1 / one_call:.1f} | {1 / one_call / batch16:.2f}x | {one_call * 1000:.1f} "
-          "| | 1.00x | 1 |")  # fmt: skip
 
 
 if __name__ == "__main__":

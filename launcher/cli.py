@@ -15,6 +15,7 @@ from convit.jobspec.schema import is_dns_label
 from launcher.backends.base import Backend, JobStatus
 from launcher.client import TrainingClient
 from launcher.errors import LauncherError
+from launcher.serving import SERVING_BACKENDS
 from launcher.workloads import BACKENDS, KINDS
 
 # submit/render flags -> job keys (the same keys `--set` takes)
@@ -156,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="loss/LR and top-1/top-5 against steps from rank 0's log, as a PNG")
     name_args(plot)
     plot.add_argument("-o", "--output", metavar="PNG", help="where to write the PNG (default: NAME-curves.png)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve trained weights over HTTP: a Deployment and Service or a KServe InferenceService (or --local)",
+    )
+    serve.add_argument("job", metavar="JOB", help="the recipe (or job file) the weights were trained with")
+    serve.add_argument("--weights", required=True, metavar="URI", help="our checkpoint, a MindCV .ckpt or an .onnx")
+    serve.add_argument("--name", help="the server's name (default: <job name>-serve)")
+    serve.add_argument("-n", "--namespace", type=namespace, help="Kubernetes namespace")
+    serve.add_argument("--image", help="the image (the training image serves too)")
+    serve.add_argument("--replicas", type=int, help="server pods (default 1)")
+    serve.add_argument("--npus", type=int, help="NPUs per server pod (default 0: the CPU)")
+    serve.add_argument("--backend", choices=SERVING_BACKENDS, help="deployment (default) or kserve")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--render", action="store_true", help="print the manifests instead of creating them")
+    serve.add_argument("--dry-run", action="store_true", help="validate (on a cluster: a server-side dry run)")
+    serve.add_argument("--local", action="store_true", help="serve on this machine (a local process)")
+    serve.add_argument("--context", help="kubeconfig context")
     delete = sub.add_parser("delete", help="delete a job and the objects it created")
     name_args(delete)
     return parser
@@ -253,6 +271,41 @@ def backend_of(args: argparse.Namespace, namespace: str) -> Backend:
     return KubernetesBackend(namespace, context=getattr(args, "context", None))
 
 
+SERVE_SUFFIX = "-serve"
+SERVE_FLAGS = {"weights": "serve.weights", "replicas": "serve.replicas", "npus": "serve.npus",
+               "backend": "serve.backend", "namespace": "cluster.namespace", "image": "cluster.image"}  # fmt: skip
+
+
+def serve_command(args: argparse.Namespace, say: Callable[[str], None], out: TextIO) -> int:
+    """`launcher serve JOB --weights URI`: the server of those weights (serve.* of the job spec), named
+    `<job name>-serve` unless --name says otherwise, as its manifests, on the cluster or on this machine."""
+    from launcher.render import render_objects, render_yaml
+
+    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in SERVE_FLAGS.items()
+                 if getattr(args, flag) is not None]  # fmt: skip
+    spec = load_job(args.job, [*overrides, *args.overrides])
+    name = args.name or (spec.name + SERVE_SUFFIX)
+    spec = load_job(args.job, [*overrides, *args.overrides, f"name={json.dumps(name)}"])
+    objects = render_objects(spec)
+    if args.render:
+        out.write(render_yaml(objects))
+        return 0
+    client = TrainingClient(backend_of(args, spec.cluster.namespace))
+    client.submit(spec, dry_run=args.dry_run)
+    s = spec.serve
+    where = "--local" if args.local else f"-n {spec.cluster.namespace}"
+    device = f"{s.npus} NPU(s)" if s.npus and not args.local else "the CPU"
+    if args.dry_run:
+        say(f"dry run: server {name} ({s.backend}, {s.replicas} replica(s)) is valid; nothing was created")
+        return 0
+    replicas = 1 if args.local else s.replicas
+    say(f"serving {s.weights} as {name}: {spec.model.name}, {replicas} replica(s) on {device}")
+    say(f"  status:  python -m launcher status {name} {where}   (the endpoint, once ready)")
+    say(f"  logs:    python -m launcher logs {name} {where} -f")
+    say(f"  stop:    python -m launcher delete {name} {where}")
+    return 0
+
+
 def notes_of(args: argparse.Namespace, spec: JobSpec) -> list[str]:
     """What the user should know before the job runs: the LR scaling, and how the workload kind treats the spec."""
     scaling = scaling_note(args, spec)
@@ -277,6 +330,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
             print(note, file=sys.stderr, flush=True)  # stderr: the YAML on stdout stays clean
         out.write(render_yaml(objects))
         return 0
+    if args.command == "serve":
+        return serve_command(args, say, out)
     if args.command == "submit":
         spec = spec_of(args)
         KINDS[spec.cluster.backend].check(spec)  # refused before anything is said or created
@@ -315,6 +370,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
             say(f"  kueue: {st.admission}")
         if st.metrics:
             say(f"  metrics: {st.metrics}")
+        if st.endpoint:
+            say(f"  endpoint: {st.endpoint}")
         for pod in st.pods:
             say(
                 f"  pod {pod.index} {pod.name}: {pod.phase}, restarts {pod.restarts}"

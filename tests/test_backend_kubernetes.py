@@ -110,7 +110,9 @@ def test_status_shows_phase_pods_restarts_and_latest_progress(
     assert "  pod 1 convit-tiny-1-fghij: Running, restarts 2, node ascend-node-1" in out
     assert out[-1] == "  progress: epoch 1/300 step 40/187500 loss 6.8810 eta 11h54m"
     pods_query = next(r for r in api.requests if r.path == f"{CORE}/pods").query
-    assert pods_query["labelSelector"] == ["app.kubernetes.io/instance=convit-tiny,app.kubernetes.io/component=worker"]
+    assert pods_query["labelSelector"] == [
+        "app.kubernetes.io/instance=convit-tiny,app.kubernetes.io/component in (worker,server)"
+    ]
 
 
 def test_unknown_job_is_a_clear_error(api: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:

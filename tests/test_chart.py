@@ -63,9 +63,10 @@ def normalise(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
     """Every object's metadata that carries helm's labels below the top: pod templates, JobSet Job templates."""
+    from launcher.serving import SERVING_KINDS
     from launcher.workloads import KINDS
 
-    kind = next((k for k in KINDS.values() if k.matches(obj)), None)
+    kind = next((k for k in (*KINDS.values(), *SERVING_KINDS.values()) if k.matches(obj)), None)
     if kind is None:
         return []
     if obj["kind"] == "TrainJob":  # the pod labels it patches into the runtime's template

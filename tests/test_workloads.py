@@ -30,7 +30,8 @@ def test_every_kind_is_known_to_the_spec_the_cli_the_chart_and_the_emulators() -
     assert tuple(backend_flag.choices) == BACKENDS
     charted = {t.read_text().split("\n", 1)[0] for t in CHART_TEMPLATES.glob("*.yaml")}
     for backend in BACKENDS:
-        assert f'{{{{- if eq .Values.cluster.backend "{backend}" }}}}' in charted, f"no chart template for {backend}"
+        first = f'{{{{- if and (eq .Values.cluster.backend "{backend}") (not .Values.serve.weights) }}}}'
+        assert first in charted, f"no chart template for {backend}"
         assert backend in EMULATORS, f"no controller emulator for {backend}"
 
 
@@ -302,3 +303,34 @@ def test_pod_values_people_look_for_in_launcher_and_chart(backend: str, tmp_path
 def test_pod_values_cannot_replace_what_the_job_needs(setting: str, complaint: str) -> None:
     with pytest.raises(JobSpecError, match=re.escape(complaint)):
         load_job("convit_tiny", [setting])
+
+
+@pytest.mark.parametrize("serving", ["deployment", "kserve"])
+@pytest.mark.parametrize("npus", [0, 1])
+def test_the_server_in_launcher_and_chart(serving: str, npus: int) -> None:
+    """serve.weights turns the job into its server: a Deployment and Service, or a KServe InferenceService, with the
+    training pods' security settings and the S3 Secret reference; the same from the chart; valid."""
+    from launcher.serving import SERVING_KINDS
+    from tests.support.k8s_schema import validate
+    from tests.test_chart import REPO, helm_objects, normalise
+
+    sets = ["serve.weights=s3://ckpt/convit-tiny/checkpoints/step-000000100", f"serve.backend={serving}",
+            f"serve.npus={npus}", "serve.replicas=2"]  # fmt: skip
+    ours = render_objects(load_job("convit_tiny", sets))
+    kinds = [o["kind"] for o in ours]
+    assert kinds == (["Service", "Deployment"] if serving == "deployment" else ["InferenceService"])
+    theirs = helm_objects(REPO / "jobs" / "convit_tiny.yaml", *sets)
+    assert [normalise(o) for o in theirs] == [normalise(o) for o in ours]
+    for obj in ours:
+        validate(obj)
+    kind = SERVING_KINDS[serving]
+    (pod,) = kind.pod_templates(ours[-1])
+    ctr = pod["spec"]["containers"][0]
+    assert ctr["name"] == kind.container and ctr["command"] == ["python", "-m", "convit.serve"]
+    assert ctr["args"][:2] == ["--weights", "s3://ckpt/convit-tiny/checkpoints/step-000000100"]
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "convit-s3",
+            "key": "AWS_SECRET_ACCESS_KEY"}}} in ctr["env"]  # fmt: skip
+    assert ("huawei.com/Ascend910" in ctr["resources"]["limits"]) == bool(npus)
+    assert ("nodeSelector" in pod["spec"]) == bool(npus)

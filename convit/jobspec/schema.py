@@ -240,6 +240,45 @@ class MetricsSpec(_Section):
     )
 
 
+class ServeSpec(_Section):
+    """Serving a trained model over HTTP (`python -m launcher serve`, or the chart with `serve.weights` set, which
+    then renders the server instead of the training job): python -m convit.serve behind a Service."""
+
+    weights: str = Field(
+        "",
+        description="Weights to serve: our checkpoint, a MindCV .ckpt or an exported .onnx (s3:// or file:///); "
+        "empty: train, not serve.",
+        json_schema_extra=_schema(f"^({_URI_PATTERN.strip('^$')})?$"),
+    )
+    backend: Literal["deployment", "kserve"] = Field(
+        "deployment", description="A Deployment and a Service, or a KServe InferenceService (custom predictor)."
+    )
+    replicas: Annotated[int, Field(ge=1, le=1000)] = Field(1, description="Server pods.")
+    npus: Annotated[int, Field(ge=0, le=16)] = Field(
+        0, description="NPUs per server pod (0: onnxruntime on the CPU; 1 or more: MindSpore on Ascend)."
+    )
+    cpu: str = Field(
+        "4", description="CPU request and limit per server pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern)
+    )
+    memory: str = Field(
+        "8Gi", description="Memory request and limit per server pod.", json_schema_extra=_schema(_K8S_QUANTITY.pattern)
+    )
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = Field(16, description="Images per runtime call at most.")
+    max_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = Field(5, description="Gathering time of a batch.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        return value and _check_uri(value)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _K8S_QUANTITY.fullmatch(value):
+            raise ValueError("must be a Kubernetes quantity like 4, 500m or 8Gi")
+        return value
+
+
 class StorageSpec(_Section):
     """S3 endpoint settings. Credentials are never here: they come from `secret` or the environment."""
 
@@ -657,6 +696,7 @@ class JobSpec(_Section):
     checkpoint: CheckpointSpec
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 

@@ -315,7 +315,12 @@ def build_app(state: ServerState) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        workers = config.decode_workers or None
+        import os
+
+        import cv2
+
+        cv2.setNumThreads(1)  # one image per decoding thread; the runtime's threads have the other cores
+        workers = config.decode_workers or os.cpu_count() or 1
         state.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convit-decode")
         loader = asyncio.get_running_loop().create_task(_load())
         try:

@@ -46,6 +46,8 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no framework noise on stderr
+        # No busy-waiting between calls: the decoding threads need those cores (measured: bench/serve.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

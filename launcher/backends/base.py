@@ -30,6 +30,7 @@ class JobStatus:
     result: str | None = None  # an evaluation's `evaluated N samples: top1 ...` line, once rank 0 printed it
     admission: str | None = None  # under Kueue: queued (and why), admitted, evicted or deactivated
     metrics: str | None = None  # where rank 0's Prometheus /metrics is served (local mode: a URL on this machine)
+    endpoint: str | None = None  # a server's base URL (local mode: on this machine; a cluster: its Service's)
 
     @property
     def finished(self) -> bool:

@@ -19,9 +19,12 @@ from launcher.progress import latest_progress, latest_result
 from launcher.render import render_objects
 from launcher.render.common import APP, configmap_name
 from launcher.render.monitoring import PODMONITORS
-from launcher.workloads import KINDS, Resource, Workload, for_object, kueue
+from launcher.serving import SERVING_KINDS
+from launcher.workloads import KINDS, Resource, Workload, kueue
 
 T = TypeVar("T")
+# Every kind a job name can be: the training kinds (launcher/workloads) and the servers (launcher/serving).
+ALL_KINDS = (*KINDS.values(), *SERVING_KINDS.values())
 CORE_KINDS = ("ConfigMap", "Service")  # the core objects a job creates beside its workload
 
 
@@ -174,7 +177,7 @@ class KubernetesBackend(Backend):
 
     def _workload(self, name: str) -> tuple[Workload, dict[str, Any]]:
         """(kind, object) of job `name`: the first kind that has an object of that name."""
-        for kind in KINDS.values():
+        for kind in ALL_KINDS:
             try:
                 return kind, self._get(kind, name)
             except _NotFound:
@@ -182,7 +185,7 @@ class KubernetesBackend(Backend):
         raise LauncherError(f"job {self.namespace}/{name} not found")
 
     def _pods(self, name: str) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=worker"
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component in (worker,server)"
         pods = self._call(
             "list",
             f"pods of job {name!r}",
@@ -198,7 +201,7 @@ class KubernetesBackend(Backend):
         kind, obj = self._workload(name)
         raw = self._pods(name)
         containers = {p["metadata"]["name"]: _container(p) for p in raw}
-        pods = [_pod_status(p) for p in raw]
+        pods = [_pod_status(p, i) for i, p in _indexed(raw)]
         pods.sort(key=lambda p: (p.index, p.name))
         progress = result = None
         rank0 = [p for p in pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")]
@@ -220,7 +223,7 @@ class KubernetesBackend(Backend):
             except LauncherError:
                 pass
         phase, admission = self._phase(kind, obj)
-        return JobStatus(name, self.namespace, phase, pods, progress, result, admission)
+        return JobStatus(name, self.namespace, phase, pods, progress, result, admission, endpoint=kind.endpoint(obj))
 
     def _phase(self, kind: Workload, obj: dict[str, Any]) -> tuple[str, str | None]:
         """The job's phase, and for a job Kueue manages, where Kueue has it (from its Workload)."""
@@ -235,7 +238,7 @@ class KubernetesBackend(Backend):
         return kind.phase(obj) in ("Succeeded", "Failed")
 
     def _current_pod(self, name: str, index: int) -> dict[str, Any] | None:
-        mine = [p for p in self._pods(name) if _pod_index(p) == index]
+        mine = [p for i, p in _indexed(self._pods(name)) if i == index]
         mine.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
         return mine[-1] if mine else None
 
@@ -341,7 +344,7 @@ class KubernetesBackend(Backend):
     def list(self) -> builtins.list[JobSummary]:
         selector = f"app.kubernetes.io/name={APP}"
         out: list[JobSummary] = []
-        for kind in KINDS.values():
+        for kind in ALL_KINDS:
             r = kind.resource
             try:
                 items = self._call(
@@ -437,7 +440,7 @@ def _restarts(pod: dict[str, Any]) -> int:
 
 def _pod_index(pod: dict[str, Any]) -> int:
     """The pod's index, from wherever the controller that made it writes it (each kind knows its own)."""
-    for kind in KINDS.values():
+    for kind in ALL_KINDS:
         index = kind.pod_index(pod)
         if index is not None:
             return index
@@ -448,7 +451,7 @@ def _resource(obj: dict[str, Any]) -> Resource:
     """The API resource of a custom object we create: a workload kind's, or the PodMonitor's."""
     if obj.get("kind") == "PodMonitor":
         return PODMONITORS
-    return for_object(obj).resource
+    return next(k for k in ALL_KINDS if k.matches(obj)).resource
 
 
 def _termination_message(pod: dict[str, Any]) -> str:
@@ -464,14 +467,22 @@ def _termination_message(pod: dict[str, Any]) -> str:
 
 
 def _container(pod: dict[str, Any]) -> str:
-    """The training container of a pod: `ascend`, or `node` in a Kubeflow Trainer pod."""
+    """Our container in a pod: `ascend`, `node` in a Kubeflow Trainer pod, `server` or `kserve-container`."""
+    ours = {kind.container for kind in ALL_KINDS}
     names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
-    return next((n for n in names if n in contract.CONTAINER_NAMES), contract.CONTAINER_NAME)
+    return next((n for n in names if n in ours), contract.CONTAINER_NAME)
 
 
-def _pod_status(pod: dict[str, Any]) -> PodStatus:
+def _indexed(pods: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(index, pod): the controller's index, or for pods without one (a Deployment's) their place by name."""
+    if pods and all(_pod_index(p) < 0 for p in pods):
+        return list(enumerate(sorted(pods, key=lambda p: str(p["metadata"]["name"]))))
+    return [(_pod_index(p), p) for p in pods]
+
+
+def _pod_status(pod: dict[str, Any], index: int) -> PodStatus:
     return PodStatus(
-        index=_pod_index(pod),
+        index=index,
         name=pod["metadata"]["name"],
         phase=(pod.get("status") or {}).get("phase", "Unknown"),
         restarts=_restarts(pod),

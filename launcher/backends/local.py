@@ -54,8 +54,12 @@ def _free_port() -> int:
 
 
 def worker_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worker pod template of the rendered workload, whatever its kind."""
-    return dict(for_object(objects[-1]).worker_template(objects[-1]))
+    """The worker (or server) pod template of the rendered workload, whatever its kind."""
+    from launcher.serving import SERVING_KINDS
+
+    workload = objects[-1]
+    kind = next((k for k in SERVING_KINDS.values() if k.matches(workload)), None) or for_object(workload)
+    return dict(kind.worker_template(workload))
 
 
 def pod_dir(state_dir: Path, index: int, incarnation: int) -> Path:
@@ -105,6 +109,8 @@ def pod_process(
     env.setdefault("GLOG_v", "3")
     command = [sys.executable if part == "python" else part for part in container["command"]]
     args = [str(state_dir / contract.JOB_FILE_NAME) if a == contract.JOB_FILE else a for a in container.get("args", [])]
+    if spec.serve.weights:  # a server: on a port of its own on this machine, named in the state (status shows it)
+        args = [*args, "--host", "127.0.0.1", "--port", str(port)]
     return command + args, env
 
 
@@ -135,8 +141,12 @@ class LocalBackend(Backend):
     def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
         # What the pods read and write: an evaluation reads its weights and writes no checkpoint.
         uris = (
-            ("data.uri", spec.data.uri),
-            ("--weights", evaluate) if evaluate else ("checkpoint.uri", spec.checkpoint.uri),
+            (("--weights", spec.serve.weights),)  # a server reads only its weights
+            if spec.serve.weights
+            else (
+                ("data.uri", spec.data.uri),
+                ("--weights", evaluate) if evaluate else ("checkpoint.uri", spec.checkpoint.uri),
+            )
         )
         for what, uri in uris:
             endpoint = (
@@ -158,7 +168,8 @@ class LocalBackend(Backend):
             )
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(parents=True)
-        (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
+        if objects[0]["kind"] == "ConfigMap":  # the job file (a server has none)
+            (state_dir / contract.JOB_FILE_NAME).write_text(objects[0]["data"][contract.JOB_FILE_NAME])
         (state_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
         (state_dir / OBJECTS).write_text(json.dumps(objects))
         (state_dir / STATE).write_text(json.dumps({"phase": "Pending", "pods": [], "model": spec.model.name}))
@@ -175,8 +186,18 @@ class LocalBackend(Backend):
         lines = _tail(log) if log.exists() else []
         phase = state.get("phase", "Pending")
         metrics = state.get("metrics") if phase == "Running" else None
+        endpoint = state.get("endpoint") if phase == "Running" else None
+        if endpoint and not _ready(endpoint):
+            phase = "Pending"  # a server counts as running once it is ready (model loaded and warmed)
         return JobStatus(
-            name, self.namespace, phase, pods, latest_progress(lines), latest_result(lines), metrics=metrics
+            name,
+            self.namespace,
+            phase,
+            pods,
+            latest_progress(lines),
+            latest_result(lines),
+            metrics=metrics,
+            endpoint=endpoint,
         )
 
     def logs(self, name: str, *, follow: bool = False, rank: int | None = 0) -> Iterator[str]:
@@ -286,6 +307,18 @@ def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, state_dir / STATE)
 
 
+def _ready(endpoint: str) -> bool:
+    """A local server's readiness (KServe's Open Inference Protocol: /v2/health/ready answers 200)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint}/v2/health/ready", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _tail(path: Path, limit: int = 64 * 1024) -> list[str]:
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - limit))
@@ -331,10 +364,43 @@ def _kill_group(pid: Any, sig: int) -> None:
 
 
 # ---- the detached supervisor ----------------------------------------------------------------------------------
+def serve(state_dir: Path, spec: JobSpec, objects: list[dict[str, Any]]) -> int:
+    """A local server: one process, on a free port of this machine, until it exits or is deleted (SIGTERM drains
+    its requests in flight). Not restarted: `launcher serve --local` again starts a new one."""
+    port = _free_port()
+    command, env = pod_process(spec, objects, 0, state_dir, port, 1)
+    (pod_dir(state_dir, 0, 1) / "cache").mkdir(parents=True, exist_ok=True)
+    (pod_dir(state_dir, 0, 1) / "home").mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "pod-0.log", "ab") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    state: dict[str, Any] = {
+        "phase": "Running",
+        "supervisor": os.getpid(),
+        "supervisor_start": _start_time(os.getpid()),
+        "model": spec.model.name,
+        "endpoint": f"http://127.0.0.1:{port}",
+        "pods": [{"index": 0, "pid": proc.pid, "start": _start_time(proc.pid), "phase": "Running", "restarts": 0}],
+    }
+    _write_state(state_dir, state)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    code = proc.wait()
+    state["pods"][0]["phase"] = "Succeeded" if code == 0 else "Failed"
+    state["phase"] = "Stopped" if code == 0 else "Failed"
+    _write_state(state_dir, state)
+    return 0 if code == 0 else 1
+
+
 def supervise(state_dir: Path, resume: bool = False) -> int:
     spec = JobSpec.model_validate(json.loads((state_dir / "spec.json").read_text()))
     saved = state_dir / OBJECTS
     objects = json.loads(saved.read_text()) if saved.exists() else render_objects(spec)
+    if spec.serve.weights:
+        return serve(state_dir, spec, objects)
     previous = json.loads((state_dir / STATE).read_text()) if resume else {}
     state: dict[str, Any] = {
         "phase": "Running",

@@ -120,13 +120,7 @@ def container(
         "env": [*env, *base_env, *storage_env(spec), *(e.model_dump() for e in c.extra_env)],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
     }
     # Rank 0 serves Prometheus metrics from a worker pod (convit/train/metrics.py): every NPU pod names the port.
     all_ports = [*(ports or []), *([METRICS_PORT] if npus else [])]
@@ -136,6 +130,29 @@ def container(
     # container that died before writing one shows the end of its log instead.
     out["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return out
+
+
+def container_security_context() -> Obj:
+    """Every container of ours: no privilege, no capability, a read-only root file system (writable: emptyDirs)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_security_context(spec: JobSpec) -> Obj:
+    c = spec.cluster
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": c.run_as_user,  # a high UID of no host account (the image's, 10001, by default)
+        "runAsGroup": c.device_group,  # device access comes from the NPU devices' group (HwHiAiUser)
+        "fsGroup": c.device_group,
+        "supplementalGroups": [c.device_group],
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def volumes(spec: JobSpec, npus: bool = True) -> list[Obj]:
@@ -178,14 +195,7 @@ def pod_spec(
     pod |= {
         "terminationGracePeriodSeconds": c.termination_grace_seconds,
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": c.run_as_user,  # a high UID of no host account (the image's, 10001, by default)
-            "runAsGroup": c.device_group,  # device access comes from the NPU devices' group (HwHiAiUser)
-            "fsGroup": c.device_group,
-            "supplementalGroups": [c.device_group],
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(spec),
         "containers": [container(spec, env, npus, ports, container_name)],
         "volumes": volumes(spec, npus),
     }

@@ -52,6 +52,13 @@ def render_objects(spec: JobSpec, *, evaluate: str | None = None) -> list[Obj]:
     from launcher.render.monitoring import pod_monitor
     from launcher.workloads import for_backend
 
+    if spec.serve.weights:  # the server of those weights instead of the training job
+        from launcher.serving import SERVING_KINDS
+
+        serving = SERVING_KINDS[spec.serve.backend]
+        serving.check(spec)
+        return serving.objects(spec)
+
     kind = for_backend(spec.cluster.backend)
     kind.check(spec)
     objects = [configmap(spec), *([pod_monitor(spec)] if spec.metrics.pod_monitor else []), *kind.objects(spec)]

@@ -132,6 +132,10 @@ class Workload(abc.ABC):
     def pods(self, obj: Obj) -> int:
         """How many training pods the workload runs."""
 
+    def endpoint(self, obj: Obj) -> str | None:
+        """Where a server answers (serving kinds); None for training kinds."""
+        return None
+
     def pod_index(self, pod: Obj) -> int | None:
         meta = pod.get("metadata") or {}
         for source, keys in (

@@ -43,7 +43,7 @@ def pruned(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
 
 def validate(obj: dict[str, Any]) -> None:
     """Raise if `obj` is not valid for its kind."""
-    if obj["apiVersion"] in ("v1", "batch/v1", "rbac.authorization.k8s.io/v1"):
+    if obj["apiVersion"] in ("v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         return
     crd = {
@@ -51,6 +51,7 @@ def validate(obj: dict[str, Any]) -> None:
         "TrainJob": "trainjob",
         "ClusterTrainingRuntime": "clustertrainingruntime",
         "PodMonitor": "podmonitor",
+        "InferenceService": "inferenceservice",
     }
     if obj["kind"] in crd:  # the upstream CRD's schema; each child Job against the official Job schema
         schema = json.loads((SCHEMAS / f"{crd[obj['kind']]}.schema.json").read_text())

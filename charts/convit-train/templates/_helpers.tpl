@@ -311,3 +311,151 @@ kueue.x-k8s.io/priority-class: {{ . | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The server pod's spec (launcher/serving/pod.py server_pod_spec): python -m convit.serve with the training pods'
+     security settings, probes on the Open Inference Protocol's health endpoints, NPUs when serve.npus says so. */}}
+{{- define "convit-train.serverPodSpec" -}}
+{{- $v := .root.Values -}}
+{{- $c := $v.cluster -}}
+{{- $s := $v.serve -}}
+terminationGracePeriodSeconds: 60
+automountServiceAccountToken: false
+securityContext:
+  runAsNonRoot: true
+  runAsUser: {{ $c.run_as_user | int }}
+  runAsGroup: {{ $c.device_group | int }}
+  fsGroup: {{ $c.device_group | int }}
+  supplementalGroups: [{{ $c.device_group | int }}]
+  seccompProfile:
+    type: RuntimeDefault
+containers:
+  - name: {{ .containerName }}
+    image: {{ $c.image | quote }}
+    imagePullPolicy: {{ $c.image_pull_policy | quote }}
+    command: ["python", "-m", "convit.serve"]
+    args: ["--weights", {{ $s.weights | quote }}, "--model", {{ $v.model.name | quote }}, "--port", "8080", "--max-batch", {{ $s.max_batch | toString | quote }}, "--max-wait-ms", {{ $s.max_wait_ms | toString | quote }}]
+    env:
+      - name: CONVIT_DEVICE
+        value: {{ if $s.npus }}"Ascend"{{ else }}"CPU"{{ end }}
+      - name: CONVIT_CACHE_DIR
+        value: "/var/cache/convit"
+      - name: HOME
+        value: "/tmp"
+      - name: PYTHONUNBUFFERED
+        value: "1"
+      - name: CONVIT_S3_ADDRESSING_STYLE
+        value: {{ $v.storage.addressing_style | quote }}
+      {{- if $v.storage.endpoint }}
+      - name: AWS_ENDPOINT_URL_S3
+        value: {{ $v.storage.endpoint | quote }}
+      {{- end }}
+      {{- if $v.storage.region }}
+      - name: AWS_REGION
+        value: {{ $v.storage.region | quote }}
+      {{- end }}
+      {{- range list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" }}
+      - name: {{ . }}
+        valueFrom:
+          secretKeyRef:
+            name: {{ $v.storage.secret | quote }}
+            key: {{ . }}
+      {{- end }}
+      {{- range $c.extra_env }}
+      - name: {{ .name | quote }}
+        value: {{ .value | quote }}
+      {{- end }}
+    ports:
+      - name: http
+        containerPort: 8080
+        protocol: TCP
+    resources:
+      {{- range list "requests" "limits" }}
+      {{ . }}:
+        cpu: {{ $s.cpu | quote }}
+        memory: {{ $s.memory | quote }}
+        {{- if $s.npus }}
+        {{ $c.npu_resource | quote }}: {{ $s.npus | toString | quote }}
+        {{- end }}
+      {{- end }}
+    startupProbe:
+      httpGet: {path: /v2/health/live, port: 8080}
+      periodSeconds: 5
+      failureThreshold: 120
+    readinessProbe:
+      httpGet: {path: /v2/health/ready, port: 8080}
+      periodSeconds: 5
+      failureThreshold: 3
+    livenessProbe:
+      httpGet: {path: /v2/health/live, port: 8080}
+      periodSeconds: 10
+      failureThreshold: 3
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      - name: cache
+        mountPath: /var/cache/convit
+      {{- if $s.npus }}
+      - name: ascend-driver
+        mountPath: /usr/local/Ascend/driver
+        readOnly: true
+      {{- end }}
+    securityContext:
+      allowPrivilegeEscalation: false
+      privileged: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: ["ALL"]
+    terminationMessagePolicy: FallbackToLogsOnError
+volumes:
+  - name: tmp
+    emptyDir: {}
+  - name: cache
+    emptyDir: {}
+  {{- if $s.npus }}
+  - name: ascend-driver
+    hostPath:
+      path: /usr/local/Ascend/driver
+      type: Directory
+  {{- end }}
+{{- with $c.service_account }}
+serviceAccountName: {{ . | quote }}
+{{- end }}
+{{- with $c.image_pull_secrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . | quote }}
+  {{- end }}
+{{- end }}
+{{- if $s.npus }}
+{{- $selector := include "convit-train.nodeSelector" (dict "Values" $v "npus" true) | fromYaml }}
+nodeSelector:
+  {{- range $key, $value := $selector }}
+  {{ $key | quote }}: {{ $value | quote }}
+  {{- end }}
+{{- end }}
+{{- with $c.priority_class }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with $c.tolerations }}
+tolerations:
+  {{- range . }}
+  - key: {{ .key | quote }}
+    operator: {{ .operator | quote }}
+    {{- with .value }}
+    value: {{ . | quote }}
+    {{- end }}
+    {{- with .effect }}
+    effect: {{ . | quote }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The server pods' labels: cluster.pod_labels under ours (component: server). */}}
+{{- define "convit-train.serverLabels" -}}
+{{- range $key, $value := .Values.cluster.pod_labels }}
+{{ $key | quote }}: {{ $value | quote }}
+{{- end }}
+{{ include "convit-train.labels" (dict "root" . "component" "server") }}
+{{- end }}
