@@ -341,6 +341,27 @@ def test_concurrent_clients_are_batched_and_all_answered_correctly(served: dict[
     assert http.metric(port, "convit_serve_requests_total", 'code="200",endpoint="/v1/classify"') >= images_run
 
 
+@pytest.mark.slow
+def test_mindir_export_is_served_by_mindspore(served: dict[str, Any], tmp_path: Path) -> None:
+    """The Ascend path's runtime (MindSpore running the exported MindIR at a fixed, padded batch) on the CPU."""
+    from convit.export import main as export_main
+
+    assert export_main(["--weights", str(reference_case()["ckpt"]), "--format", "mindir",
+                        "--output", str(tmp_path / "tiny4.mindir")]) == 0  # fmt: skip
+    server = http.ServerProcess(["--weights", str(tmp_path / "tiny4.mindir"), "--max-batch", "4"], tmp_path / "log")
+    try:
+        server.wait_ready()
+        assert http.request(server.port, "GET", f"/v2/models/{MODEL}").json()["platform"] == "mindspore"
+        images = served["images"][:6]  # one batch of 4, one of 2 padded to 4
+        answer = http.classify(server.port, images, f"?top_k={NUM_CLASSES}")
+        assert answer.status == 200, answer
+        worst = max(_check_classified(r, served["expected"][r["image"]]) for r in answer.json()["results"])
+        assert worst <= TOLERANCE, worst
+        assert "via mindspore" in server.text()
+    finally:
+        assert server.stop() == 0, server.text()
+
+
 # ---- hostile requests ----------------------------------------------------------------------------------------
 
 
