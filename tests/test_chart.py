@@ -13,7 +13,7 @@ import yaml
 from convit.cluster import contract
 from convit.jobspec import MODEL_NAMES, job_values, load_job
 from convit.jobspec.__main__ import chart_readme, values_schema, values_yaml
-from convit.jobspec.load import validate_job
+from convit.jobspec.load import JobSpecError, validate_job
 from launcher.render import render_objects
 from launcher.workloads import BACKENDS
 from tests.support.k8s_schema import validate
@@ -224,3 +224,28 @@ def test_configmap_job_file_is_what_the_trainer_reads(tmp_path: Path) -> None:
     path = tmp_path / contract.JOB_FILE_NAME
     path.write_text(cm["data"][contract.JOB_FILE_NAME])
     assert load_job(str(path)) == load_job("convit_small")
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"train": {"min_lr": 0.1}}, "min_lr (0.1) must not exceed lr"),
+        ({"train": {"warmup_epochs": 400}}, "warmup_epochs (400) must be below epochs (300)"),
+        ({"cluster": {"tolerations": [{"key": "npu", "value": "x"}]}}, "operator Exists takes no value"),
+        ({"cluster": {"extra_volumes": [{"name": "x", "mount_path": "/x"}]}}, "needs exactly one of"),
+        ({"storage": {"endpoint": "http://key:secret@s3.example.com"}}, "storage/endpoint"),
+        ({"storage": {"region": "us east"}}, "storage/region"),
+    ],
+)
+def test_the_chart_refuses_what_the_launcher_refuses(values: dict[str, Any], complaint: str, tmp_path: Path) -> None:
+    """One validation, two faces: rules relating two values (templates/validate.yaml) and the patterns
+    (values.schema.json, generated from the same validators) refuse what convit/jobspec refuses."""
+    job = yaml.safe_load((REPO / "jobs" / "convit_tiny.yaml").read_text())
+    for section, items in values.items():
+        job[section] = {**job.get(section, {}), **items}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    with pytest.raises(JobSpecError):  # the launcher's loader refuses the same file
+        load_job(str(path))
+    result = helm("template", "r", str(CHART), "-f", str(path))
+    assert result.returncode != 0 and complaint in result.stderr, result.stderr

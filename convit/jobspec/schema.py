@@ -282,8 +282,14 @@ class ServeSpec(_Section):
 class StorageSpec(_Section):
     """S3 endpoint settings. Credentials are never here: they come from `secret` or the environment."""
 
-    endpoint: str = Field("", description="S3 endpoint URL (empty: AWS default).")
-    region: str = Field("", description="S3 region (empty: default).")
+    endpoint: str = Field(
+        "",
+        description="S3 endpoint URL (empty: AWS default); never with credentials in it.",
+        json_schema_extra=_schema(f"^({_ENDPOINT.pattern.strip('^$')})?$", 2048),
+    )
+    region: str = Field(
+        "", description="S3 region (empty: default).", json_schema_extra=_schema(f"^({_REGION.pattern.strip('^$')})?$")
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field("path", description="S3 addressing style.")
     secret: str = Field(
         "convit-s3",
