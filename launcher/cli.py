@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="loss/LR and top-1/top-5 against steps from rank 0's log, as a PNG")
     name_args(plot)
     plot.add_argument("-o", "--output", metavar="PNG", help="where to write the PNG (default: NAME-curves.png)")
+    plot.add_argument(
+        "--from-tensorboard",
+        metavar="URI",
+        help="the whole run across restarts from its TensorBoard files (the job's checkpoint.uri) instead of the log",
+    )
     serve = sub.add_parser(
         "serve",
         help="serve trained weights over HTTP: a Deployment and Service or a KServe InferenceService (or --local)",
@@ -241,15 +246,21 @@ def check_rank(status: JobStatus, rank: int) -> None:
         raise LauncherError(f"job {status.namespace}/{status.name} has no pod {rank}: its pods are 0 to {max(indices)}")
 
 
-def plot_job(client: TrainingClient, args: argparse.Namespace, say: Callable[[str], None]) -> int:
+def plot_job(client: TrainingClient | None, args: argparse.Namespace, say: Callable[[str], None]) -> int:
     from pathlib import Path
 
-    from launcher.plot import draw, points, save_png
+    from launcher.plot import draw, points, save_png, tensorboard_curves
     from launcher.progress import curves
 
-    found = curves(client.logs(args.name, follow=False, rank=0))
-    if not found.steps:
-        raise LauncherError(f"job {args.namespace}/{args.name}: no progress lines in rank 0's log yet")
+    if args.from_tensorboard:
+        found = tensorboard_curves(args.from_tensorboard)
+        if not found.steps:
+            raise LauncherError(f"{args.from_tensorboard}: no training curves under tensorboard/ (yet)")
+    else:
+        assert client is not None
+        found = curves(client.logs(args.name, follow=False, rank=0))
+        if not found.steps:
+            raise LauncherError(f"job {args.namespace}/{args.name}: no progress lines in rank 0's log yet")
     path = Path(args.output or f"{args.name}-curves.png")
     fig = draw(found, f"{args.name}: {len(found.steps)} logged steps")
     save_png(fig, path)
@@ -362,6 +373,8 @@ def run(argv: list[str] | None, out: TextIO | None = None) -> int:
             for line in client.logs(name, follow=True, rank=0):
                 say(line)
         return wait_for(client, name, args, say)
+    if args.command == "plot" and args.from_tensorboard:  # the files alone: no cluster, no local job needed
+        return plot_job(None, args, say)
     client = TrainingClient(backend_of(args, args.namespace))
     if args.command == "status":
         st = client.status(args.name)

@@ -7,6 +7,44 @@ from typing import Any
 
 from launcher.progress import Curves
 
+# The scalars the trainer writes (convit/train/curves.py), as plot draws them.
+LOSS, LR, TOP1, TOP5 = "train/loss", "train/lr", "val/top1", "val/top5"
+
+
+def tensorboard_curves(uri: str) -> Curves:
+    """The curves of a whole run from its TensorBoard event files (`<uri>/tensorboard/`, every start of the job, on
+    s3:// or file://), as TensorBoard shows them: its own EventAccumulator applies the purge markers a resumed start
+    leaves, so each step counts once, with the values of the start that kept it."""
+    import tempfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from convit.storage import open_storage
+
+    store = open_storage(uri).child("tensorboard")
+    with tempfile.TemporaryDirectory(prefix="convit-plot-") as tmp:
+        for key in store.list():
+            if "/" not in key and key.startswith("events.out.tfevents."):
+                (Path(tmp) / key).write_bytes(store.get(key))
+        acc = EventAccumulator(tmp, size_guidance={"scalars": 0})  # 0: every point
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+
+        def series(tag: str) -> dict[int, float]:
+            return {e.step: e.value for e in acc.Scalars(tag)} if tag in tags else {}
+
+        loss, lr, top1, top5 = (series(t) for t in (LOSS, LR, TOP1, TOP5))
+    steps = sorted(loss)
+    val_steps = sorted(top1)
+    return Curves(
+        steps=steps,
+        loss=[loss[s] for s in steps],
+        lr=[lr.get(s, float("nan")) for s in steps],
+        val_steps=val_steps,
+        top1=[top1[s] for s in val_steps],
+        top5=[top5.get(s, float("nan")) for s in val_steps],
+    )
+
 
 def draw(curves: Curves, title: str) -> Any:
     """Loss and LR (right axis) against steps above, top-1/top-5 against steps below; returns the Figure."""

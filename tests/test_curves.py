@@ -72,3 +72,29 @@ def test_an_upload_failure_warns_once_and_never_stops_training(
         curves.close()
     warnings = [r.getMessage() for r in caplog.records if "training curves not uploaded" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_plot_from_tensorboard_draws_the_whole_run_across_restarts(
+    bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`launcher plot NAME --from-tensorboard URI` reads every start's event files from object storage (no cluster,
+    no log): each step once, with the values of the start that kept it, as TensorBoard shows them."""
+    from launcher.__main__ import main
+    from launcher.plot import tensorboard_curves
+
+    uri = f"s3://{bucket}/run"
+    first = TrainingCurves(uri, tmp_path / "pod-a", first_step=1, enabled=True)
+    _log(first, range(1, 9), 0.0)
+    first.close()
+    second = TrainingCurves(uri, tmp_path / "pod-b", first_step=5, enabled=True)
+    _log(second, range(5, 13), 100.0)
+    second.close()
+    curves = tensorboard_curves(uri)
+    assert curves.steps == list(range(1, 13)) and curves.loss == [1, 2, 3, 4, *range(105, 113)]
+    assert curves.val_steps == [12] and curves.top1 == [150.0]  # the first start's step-8 validation was purged
+    png = tmp_path / "run.png"
+    assert main(["plot", "run", "--from-tensorboard", uri, "-o", str(png)]) == 0
+    assert capsys.readouterr().out == f"wrote {png}: loss and lr at 12 steps (1-12), top-1/top-5 at 1 validations\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", "run", "--from-tensorboard", f"s3://{bucket}/nothing-here"]) == 1
+    assert "no training curves under tensorboard/" in capsys.readouterr().err
