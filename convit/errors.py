@@ -23,6 +23,10 @@ class UsageError(ConvitError):
 # itself: the pod exits with this code so that its controller restarts the job from its last checkpoint (any code
 # but 2 is retried by the rendered failure policies). 75 is EX_TEMPFAIL of sysexits.h, "a temporary failure".
 LOST_PEER_EXIT = 75
+# A replacement pod came back before the previous MindSpore cluster ended: its scheduler still holds this rank
+# ("Repeated registration"). The pod supervisor starts the worker again until that cluster is gone (within
+# MS_TOPO_TIMEOUT); past that, the pod fails with this code, which the controllers retry as well.
+STALE_CLUSTER_EXIT = 76
 
 
 def cli_boundary(body: Callable[[], int], *, exit_code: int | None = None) -> int:

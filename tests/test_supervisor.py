@@ -173,3 +173,35 @@ def test_mindspore_errors_about_lost_peers_are_told_apart() -> None:
     assert peer_failure("For 'MatMul', the input shapes do not match") is None
     assert peer_failure("For 'BroadcastTo', the shape of 'x' [3] cannot be broadcast to [4]") is None
     assert short_reason(SCHEDULER_LOST).startswith("The total number of timed out node is 1")
+
+
+# Refused by the previous cluster (STALE_CLUSTER_EXIT) until a counter file says the old cluster has ended.
+REFUSED_TWICE = """
+import pathlib, sys
+tries = pathlib.Path(sys.argv[1])
+n = int(tries.read_text()) + 1 if tries.exists() else 1
+tries.write_text(str(n))
+sys.exit(76 if n <= 2 else 0)
+"""
+
+
+def test_a_worker_refused_by_the_previous_cluster_joins_again_without_failing_the_pod(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An Indexed Job replaces a failed pod at once, while the old pods still run: the new worker's rank is still
+    held by the old scheduler ('Repeated registration'). The pod waits for the old cluster to end instead of
+    failing and spending the job's restart budget; past the bound it fails with the retriable code."""
+    from convit.errors import STALE_CLUSTER_EXIT
+
+    tries = tmp_path / "tries"
+
+    def start(_rank: int) -> subprocess.Popen[bytes]:
+        return _py(REFUSED_TWICE, str(tries))
+
+    code = watch(1, {1: start(1)}, None, tmp_path, respawn=start, rejoin_seconds=30, rejoin_delay=0.1)
+    assert code == 0 and tries.read_text() == "3"
+    err = capsys.readouterr().err
+    assert err.count("the previous MindSpore cluster still holds rank 1") == 1 and "ERROR" not in err
+    tries.unlink()
+    code = watch(1, {1: start(1)}, None, tmp_path, respawn=start, rejoin_seconds=0, rejoin_delay=0.1)
+    assert code == STALE_CLUSTER_EXIT != 2  # out of time: the pod fails, and the controller retries it

@@ -37,16 +37,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from convit.cluster import contract
-from convit.errors import LOST_PEER_EXIT, ConvitError
+from convit.errors import LOST_PEER_EXIT, STALE_CLUSTER_EXIT, ConvitError
 from convit.train.progress import ENV_POD_STATE, SCHEDULER, lost_report, recorded_step
 
 STOP_GRACE_S = 10.0  # what the other processes of a pod that lost one get after SIGTERM, before SIGKILL
+REJOIN_DELAY_S = 3.0  # between attempts of a worker to join while the previous cluster still holds its rank
 POLL_S = 0.2
 
 
@@ -157,16 +158,21 @@ def supervise(argv: list[str], environ: Mapping[str, str] | None = None, module:
     base[ENV_POD_STATE] = str(state)
     try:
         scheduler = subprocess.Popen(command, env=scheduler_env(base)) if plan.scheduler else None
-        workers = [subprocess.Popen(command, env=worker_env(base, plan.pod, plan.local, i)) for i in range(plan.local)]
+
+        def start(rank: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(command, env=worker_env(base, plan.pod, plan.local, rank - plan.workers[0]))
+
+        workers = {rank: start(rank) for rank in plan.workers}
 
         def forward(signum: int, _frame: FrameType | None) -> None:
-            for child in workers:
+            for child in list(workers.values()):
                 if child.poll() is None:
                     child.send_signal(signum)
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        return watch(plan.pod, dict(zip(plan.workers, workers, strict=True)), scheduler, state)
+        rejoin = float(env.get(contract.ENV_TOPO_TIMEOUT) or 600)
+        return watch(plan.pod, workers, scheduler, state, respawn=start, rejoin_seconds=rejoin)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
@@ -183,17 +189,41 @@ def pod_state_dir(env: Mapping[str, str]) -> Path:
 
 def watch(
     pod: int,
-    workers: Mapping[int, subprocess.Popen[bytes]],
+    workers: MutableMapping[int, subprocess.Popen[bytes]],
     scheduler: subprocess.Popen[bytes] | None,
     state: Path,
     *,
     grace: float = STOP_GRACE_S,
     poll: float = POLL_S,
+    respawn: Callable[[int], subprocess.Popen[bytes]] | None = None,
+    rejoin_seconds: float = 0.0,
+    rejoin_delay: float = REJOIN_DELAY_S,
 ) -> int:
     """Wait for the pod's processes (workers by MindSpore node id): 0 once every worker succeeded; on the first
-    failure one `ERROR:` line, the others stopped, and the pod's exit code (see the module's docstring)."""
+    failure one `ERROR:` line, the others stopped, and the pod's exit code (see the module's docstring).
+
+    A worker refused because the previous cluster still holds its rank (STALE_CLUSTER_EXIT: this pod replaced a
+    failed one while the old pods of the job were still running, as the Indexed Job does) is started again every
+    `rejoin_delay` seconds for up to `rejoin_seconds`, without failing the pod: the old cluster ends once its
+    survivors notice the lost rank, and each failure the pod saved is one the job's restart budget keeps."""
+    rejoin_until = time.monotonic() + rejoin_seconds
+    said_rejoin = False
     while True:
         codes = {rank: proc.poll() for rank, proc in workers.items()}  # every one of them, every tick
+        stale = [r for r, c in codes.items() if c == STALE_CLUSTER_EXIT]
+        if stale and respawn is not None and time.monotonic() < rejoin_until:
+            if not said_rejoin:
+                print(
+                    f"pod {pod}: the previous MindSpore cluster still holds rank {stale[0]} (this pod replaced a "
+                    f"failed one before the others ended); joining again until it ends (up to {rejoin_seconds:g}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                said_rejoin = True
+            time.sleep(rejoin_delay)
+            for rank in stale:
+                workers[rank] = respawn(rank)
+            continue
         sched = scheduler.poll() if scheduler is not None else None
         failed = {rank: code for rank, code in codes.items() if code is not None and code != 0}
         running = [rank for rank, code in codes.items() if code is None]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from convit.cluster import contract
-from convit.errors import LOST_PEER_EXIT, ConvitError
+from convit.errors import LOST_PEER_EXIT, STALE_CLUSTER_EXIT, ConvitError
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ def init_runtime(device: str | None, pynative: bool = False) -> Runtime:
         try:
             init()  # HCCL on Ascend, MindSpore's mccl over TCP on the CPU; the scheduler serves the cluster in it
         except RuntimeError as exc:
+            if "Repeated registration" in str(exc):  # the previous cluster still holds this rank: try again later
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(STALE_CLUSTER_EXIT)
             lost = lost_ranks(str(exc))
             if lost:  # the cluster formed and ran, then ranks stopped answering (the scheduler's heartbeat check)
                 names = ", ".join(f"rank {r}" for r in lost[:8]) + (" ..." if len(lost) > 8 else "")
