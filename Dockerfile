@@ -45,10 +45,13 @@ COPY pyproject.toml README.md ./
 COPY convit ./convit
 COPY launcher ./launcher
 COPY jobs ./jobs
+# The project itself with its serving extra (python -m convit.serve); versions are pyproject's (DL3013 is about
+# packages from an index).
+# hadolint ignore=DL3013
 RUN sed -i -E "s/\"mindspore==[^\"]+\"/\"mindspore==${MINDSPORE_VERSION}\"/" pyproject.toml \
     && grep -q "\"mindspore==${MINDSPORE_VERSION}\"" pyproject.toml \
-    && python -m pip install --no-cache-dir . \
-    && python -c "import convit.train.loop, convit.data, convit.models, convit.cluster.supervisor" \
+    && python -m pip install --no-cache-dir ".[serve]" \
+    && python -c "import convit.train.loop, convit.data, convit.models, convit.cluster.supervisor, convit.serve.app" \
     && python -c "import mindspore, sys; sys.exit(mindspore.__version__ != '${MINDSPORE_VERSION}')"
 
 USER ${APP_UID}:${DRIVER_GID}
