@@ -73,3 +73,22 @@ def test_checkov_would_catch_a_privileged_pod(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(job))
     result = checkov("-d", str(tmp_path), "--framework", "kubernetes")
     assert result.returncode != 0 and "CKV_K8S_16" in result.stdout
+
+
+@pytest.mark.parametrize("serving", ["deployment", "kserve"])
+def test_checkov_passes_on_the_server(serving: str, tmp_path: Path) -> None:
+    """The server pods (launcher serve) get the training pods' security settings: checkov finds nothing either."""
+    from launcher.serving import SERVING_KINDS
+
+    weights = "s3://ckpt/convit-small-plus/checkpoints/step-000187500"
+    objects = render_objects(load_job("convit_small_plus", [f"serve.weights={weights}", f"serve.backend={serving}"]))
+    kind = SERVING_KINDS[serving]
+    checked = [o if o["apiVersion"] in ("v1", "apps/v1") else None for o in objects]
+    checked = [o for o in checked if o is not None] + (
+        [] if serving == "deployment" else as_pods(objects[-1], kind.pod_templates(objects[-1]))
+    )
+    (tmp_path / "manifests.yaml").write_text(yaml.safe_dump_all(checked))
+    result = checkov("-d", str(tmp_path), "--framework", "kubernetes")
+    assert result.returncode == 0, result.stdout[-4000:]
+    passed = re.search(r"Passed checks: (\d+), Failed checks: (\d+)", result.stdout)
+    assert passed and int(passed.group(1)) >= 20 and passed.group(2) == "0", result.stdout[-2000:]
