@@ -25,7 +25,6 @@ from launcher.workloads import KINDS, Resource, Workload, kueue
 T = TypeVar("T")
 # Every kind a job name can be: the training kinds (launcher/workloads) and the servers (launcher/serving).
 ALL_KINDS = (*KINDS.values(), *SERVING_KINDS.values())
-CORE_KINDS = ("ConfigMap", "Service")  # the core objects a job creates beside its workload
 
 
 class KubernetesBackend(Backend):

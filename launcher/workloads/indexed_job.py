@@ -20,11 +20,8 @@ from launcher.workloads.base import (
     SUCCEEDED,
     SUSPENDED,
     SUSPENDING,
-    ClusterApi,
     Obj,
     Resource,
-    Workload,
-    refuse_volcano_placement,
 )
 
 # The downward-API path of the annotation a pod of an Indexed Job carries its index in.
@@ -33,19 +30,13 @@ COMPLETION_INDEX = contract.INDEXED_INDEX_FIELD
 NEVER_RETRY_EXIT_CODES = [2]
 
 
-class IndexedJob(Workload):
+class IndexedJob(kueue.Admitted):
     backend = "job"
     kind = "Job"
     resource = Resource("batch", "v1", "jobs")
     summary = "Kubernetes Indexed Job + headless Service (any cluster; the pod with the failed index is replaced)"
-    suspendable = True
-    kueue_admits = True
     index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
     index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
-
-    def check(self, spec: JobSpec) -> None:
-        kueue.check(spec)
-        refuse_volcano_placement(spec, self.backend)
 
     def objects(self, spec: JobSpec) -> list[Obj]:
         return [self.headless_service(spec), self.job(spec)]
@@ -124,21 +115,6 @@ class IndexedJob(Workload):
 
     def pods(self, obj: Obj) -> int:
         return int((obj.get("spec") or {}).get("completions") or 1)
-
-    def suspend(self, api: ClusterApi, obj: Obj) -> None:
-        """spec.suspend=true: the Job controller deletes the active pods (SIGTERM, then the grace period for rank
-        0's checkpoint)."""
-        if kueue.managed(obj):  # Kueue owns spec.suspend: deactivate its Workload instead
-            kueue.set_active(api, obj, False)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
-
-    def resume(self, api: ClusterApi, obj: Obj) -> None:
-        """spec.suspend=false: new pods, which resume from the newest checkpoint."""
-        if kueue.managed(obj):
-            kueue.set_active(api, obj, True)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
 
 
 WORKLOAD = IndexedJob()

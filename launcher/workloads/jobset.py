@@ -26,12 +26,9 @@ from launcher.workloads.base import (
     SUCCEEDED,
     SUSPENDED,
     SUSPENDING,
-    ClusterApi,
     Obj,
     Resource,
     Unsupported,
-    Workload,
-    refuse_volcano_placement,
 )
 from launcher.workloads.indexed_job import COMPLETION_INDEX, NEVER_RETRY_EXIT_CODES
 
@@ -86,19 +83,16 @@ def gang_spec(rjob: str, container: str, max_restarts: int, pods: int, template:
     }
 
 
-class JobSetWorkload(Workload):
+class JobSetWorkload(kueue.Admitted):
     backend = "jobset"
     kind = "JobSet"
     resource = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets")
     summary = "JobSet (JobSet controller 0.8+; every pod recreated together on a failure)"
-    suspendable = True
-    kueue_admits = True
     index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
     index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
 
     def check(self, spec: JobSpec) -> None:
-        kueue.check(spec)
-        refuse_volcano_placement(spec, self.backend)
+        super().check(spec)
         c = spec.cluster
         if c.active_deadline_seconds:
             raise Unsupported(
@@ -154,19 +148,6 @@ class JobSetWorkload(Workload):
     def pods(self, obj: Obj) -> int:
         rjobs = (obj.get("spec") or {}).get("replicatedJobs") or []
         return int(sum(int(r.get("replicas", 1)) * int(r["template"]["spec"].get("completions") or 1) for r in rjobs))
-
-    def suspend(self, api: ClusterApi, obj: Obj) -> None:
-        """spec.suspend=true: the controller suspends the child Jobs, whose pods get SIGTERM (rank 0 checkpoints)."""
-        if kueue.managed(obj):  # Kueue owns spec.suspend: deactivate its Workload instead
-            kueue.set_active(api, obj, False)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
-
-    def resume(self, api: ClusterApi, obj: Obj) -> None:
-        if kueue.managed(obj):
-            kueue.set_active(api, obj, True)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
 
 
 WORKLOAD = JobSetWorkload()

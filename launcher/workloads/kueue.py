@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from convit.jobspec import JobSpec
 from launcher.errors import LauncherError
-from launcher.workloads.base import SUSPENDED, SUSPENDING, ClusterApi, Obj, Resource, Unsupported
+from launcher.workloads.base import (
+    SUSPENDED,
+    SUSPENDING,
+    ClusterApi,
+    Obj,
+    Resource,
+    Unsupported,
+    Workload,
+    refuse_volcano_placement,
+)
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -101,3 +110,29 @@ def phase(own: str, workload: Obj | None) -> str:
     if own in (SUSPENDED, SUSPENDING) and workload is None:
         return QUEUED
     return own
+
+
+class Admitted(Workload):
+    """A kind Kueue can admit, which stops and starts through its own `spec.suspend` (Job, JobSet, TrainJob): under
+    Kueue, which owns that field, through the Workload's `spec.active` instead."""
+
+    suspendable = True
+    kueue_admits = True
+
+    def check(self, spec: JobSpec) -> None:
+        check(spec)
+        refuse_volcano_placement(spec, self.backend)
+
+    def suspend(self, api: ClusterApi, obj: Obj) -> None:
+        """The controller stops the pods (SIGTERM, then the grace period for rank 0's checkpoint)."""
+        self._set_suspended(api, obj, True)
+
+    def resume(self, api: ClusterApi, obj: Obj) -> None:
+        """New pods, which resume from the newest checkpoint."""
+        self._set_suspended(api, obj, False)
+
+    def _set_suspended(self, api: ClusterApi, obj: Obj, suspended: bool) -> None:
+        if managed(obj):
+            set_active(api, obj, not suspended)
+        else:
+            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": suspended}})

@@ -35,13 +35,10 @@ from launcher.workloads.base import (
     SUCCEEDED,
     SUSPENDED,
     SUSPENDING,
-    ClusterApi,
     Obj,
     Resource,
     Unsupported,
-    Workload,
     refuse_other_schedulers,
-    refuse_volcano_placement,
 )
 
 RUNTIME_NAME = "mindspore-ascend"
@@ -138,7 +135,7 @@ def runtime(spec: JobSpec) -> Obj:
     }
 
 
-class TrainJobWorkload(Workload):
+class TrainJobWorkload(kueue.Admitted):
     backend = "trainjob"
     kind = "TrainJob"
     resource = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
@@ -146,15 +143,12 @@ class TrainJobWorkload(Workload):
         f"Kubeflow Trainer v2 TrainJob on our ClusterTrainingRuntime {RUNTIME_NAME} (Trainer with JobSet and "
         "Volcano; every pod recreated together on a failure)"
     )
-    suspendable = True
-    kueue_admits = True
     container = contract.TRAINER_CONTAINER_NAME
     index_annotations = (contract.INDEXED_INDEX_ANNOTATION,)
     index_labels = (contract.INDEXED_INDEX_ANNOTATION,)
 
     def check(self, spec: JobSpec) -> None:
-        kueue.check(spec)
-        refuse_volcano_placement(spec, self.backend)
+        super().check(spec)
         refuse_other_schedulers(spec, self.backend, "volcano")
         c = spec.cluster
         if c.backoff_limit != RUNTIME_MAX_RESTARTS:
@@ -266,19 +260,6 @@ class TrainJobWorkload(Workload):
 
     def pods(self, obj: Obj) -> int:
         return int(((obj.get("spec") or {}).get("trainer") or {}).get("numNodes") or 1)
-
-    def suspend(self, api: ClusterApi, obj: Obj) -> None:
-        """spec.suspend=true (Trainer suspends its JobSet, whose pods get SIGTERM); under Kueue, its Workload."""
-        if kueue.managed(obj):
-            kueue.set_active(api, obj, False)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": True}})
-
-    def resume(self, api: ClusterApi, obj: Obj) -> None:
-        if kueue.managed(obj):
-            kueue.set_active(api, obj, True)
-        else:
-            api.patch(self.resource, obj["metadata"]["name"], {"spec": {"suspend": False}})
 
 
 WORKLOAD = TrainJobWorkload()
