@@ -5,16 +5,13 @@ training. Unit tests on the folder logic, then end-to-end runs of the trainer ag
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ import pytest
 
 from convit.storage import open_storage
 from convit.train.compile_cache import BLOBS, CompileCache, enable_compile_cache, manifest_of, scan
-from tests.support.faultproxy import QuietServer
+from tests.support.faultproxy import fault_proxy
 from tests.support.s3server import SECRET_KEY, free_port
 from tests.support.trainrun import REPO, make_sample
 
@@ -329,51 +326,12 @@ def test_a_corrupt_remote_cache_is_ignored_and_training_succeeds(
 def failing_cache_uploads(upstream: str) -> Iterator[tuple[str, list[str]]]:
     """A proxy in front of the S3 server that answers 503 to every upload under compile-cache/ (an outage of
     the object store while the cache is uploaded) and forwards everything else."""
-    host, port = upstream.rsplit("//", 1)[1].split(":")
-    refused: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def upload(method: str, path: str) -> bool:
+        return method == "PUT" and "/compile-cache/" in path
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _any(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if self.command == "PUT" and "/compile-cache/" in self.path:
-                refused.append(self.path)
-                payload = b"<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
-                self.send_response(503)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                return
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
-
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-    server = QuietServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", refused
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fault_proxy(upstream, refuse=upload) as (endpoint, proxy):
+        yield endpoint, proxy.refused
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """A fault-injecting HTTP proxy on 127.0.0.1 in front of the S3 server: S3-style 500/503/SlowDown errors,
-connection resets, and outage windows, at a seeded rate. Counts what it injected."""
+connection resets, outage windows, at a seeded rate, and an outage for chosen requests only. Counts what it
+injected."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -21,7 +22,13 @@ ERRORS = [
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        rate: float = 0.0,
+        seed: int = 0,
+        refuse: Callable[[str, str], bool] | None = None,
+    ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
@@ -29,13 +36,18 @@ class FaultProxy:
         self.outage_until = 0.0
         self.injected = {"error": 0, "reset": 0, "outage": 0}
         self.forwarded = 0
+        self.refuse = refuse  # (method, path) -> answer 503 ServiceUnavailable to it, whatever the rate
+        self.refused: list[str] = []
         self.lock = threading.Lock()
 
     def outage(self, seconds: float) -> None:
         self.outage_until = time.monotonic() + seconds
 
-    def decide(self) -> str:
+    def decide(self, method: str, path: str) -> str:
         with self.lock:
+            if self.refuse is not None and self.refuse(method, path):
+                self.refused.append(path)
+                return "outage"
             if time.monotonic() < self.outage_until:
                 self.injected["outage"] += 1
                 return "outage"
@@ -67,7 +79,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            decision = proxy.decide()
+            decision = proxy.decide(self.command, self.path)
             if decision == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 self.connection.close()
@@ -106,8 +118,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def fault_proxy(upstream: str, rate: float = 0.0, seed: int = 0) -> Iterator[tuple[str, FaultProxy]]:
-    proxy = FaultProxy(upstream, rate, seed)
+def fault_proxy(
+    upstream: str, rate: float = 0.0, seed: int = 0, refuse: Callable[[str, str], bool] | None = None
+) -> Iterator[tuple[str, FaultProxy]]:
+    proxy = FaultProxy(upstream, rate, seed, refuse)
     server = QuietServer(("127.0.0.1", 0), _handler(proxy))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
