@@ -33,6 +33,8 @@ from tests.support.controllers import (
     TrainerController,
     VolcanoJob,
     emulator,
+    network,
+    pod_key,
     run_pods,
     wait_all,
 )
@@ -239,20 +241,12 @@ def test_controller_pods_train_to_the_end(
     )
     ctl = emulator(objects[-1])
     created = ctl.pods()
-    if isinstance(ctl, IndexedJob):
-        addresses, maps = ctl.services(objects), None
-    elif isinstance(ctl, VolcanoJob):
-        addresses, maps = ctl.services(), ctl.config_maps()
-    else:
-        addresses, maps = ctl.services(), None
+    addresses, maps = network(ctl, objects)
     running = run_pods(created, objects, addresses, tmp_path, maps, compile_cache)
     codes = wait_all(running, timeout=420)
     logs = {r.pod.name: r.text() for r in running}
     assert codes == [0] * len(running), "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
-    outcomes = [
-        ctl.pod_finished(i if isinstance(ctl, (IndexedJob, JobSetController, TrainerController)) else r.pod.name, 0)  # type: ignore[arg-type]
-        for i, r in enumerate(running)
-    ]
+    outcomes = [ctl.pod_finished(pod_key(ctl, i, r.pod), 0) for i, r in enumerate(running)]
     assert outcomes[-1] == SUCCEEDED
     rank0 = logs[created[1 if backend == "ascendjob" else 0].name]
     assert "world_size=2" in rank0 and "step 2/2" in rank0, rank0[-3000:]

@@ -573,6 +573,21 @@ EMULATORS: dict[str, Any] = {
 }
 
 
+def network(ctl: Emulator, objects: list[Obj]) -> tuple[list[str], dict[str, dict[str, str]] | None]:
+    """(the addresses of the emulated cluster's pods and Services, the ConfigMaps its plugins inject) for run_pods."""
+    if isinstance(ctl, IndexedJob):
+        return ctl.services(objects), None
+    if isinstance(ctl, VolcanoJob):
+        return ctl.services(), ctl.config_maps()
+    return ctl.services(), None
+
+
+def pod_key(ctl: Emulator, index: int, pod: Pod) -> Any:
+    """How the controller names a pod in pod_finished: its completion index (Job controller, also under JobSet and
+    Trainer), else its name."""
+    return index if isinstance(ctl, (IndexedJob, JobSetController, TrainerController)) else pod.name
+
+
 def emulator(workload: Obj, runtime: Obj | None = None) -> Emulator:
     """The emulator of the controller that runs this workload object (a TrainJob with its runtime: by default ours,
     launcher/workloads/trainjob.py, rendered from the TrainJob's job file)."""

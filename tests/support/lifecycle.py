@@ -21,13 +21,11 @@ from tests.support.controllers import (
     RECREATE_POD,
     RESTART_JOB,
     SUCCEEDED,
-    AscendJobOperator,
-    IndexedJob,
-    JobSetController,
+    Emulator,
     Obj,
     RunningPod,
-    TrainerController,
-    VolcanoJob,
+    network,
+    pod_key,
     start_pod,
 )
 
@@ -73,24 +71,14 @@ class Outcome:
         return "\n".join(lines)
 
 
-Controller = IndexedJob | VolcanoJob | AscendJobOperator | JobSetController | TrainerController
-
-
 class Lifecycle:
-    def __init__(self, ctl: Controller, objects: list[Obj], workdir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, ctl: Emulator, objects: list[Obj], workdir: Path, extra_env: dict[str, str] | None = None):
         self.ctl = ctl
         self.objects = objects
         self.workdir = workdir
         self.extra_env = extra_env
         self.pods = ctl.pods()
-        if isinstance(ctl, IndexedJob):
-            self.addresses, self.maps = ctl.services(objects), None
-        elif isinstance(ctl, VolcanoJob):
-            self.addresses, self.maps = ctl.services(), ctl.config_maps()
-        elif isinstance(ctl, (JobSetController, TrainerController)):
-            self.addresses, self.maps = ctl.services(), None
-        else:
-            self.addresses, self.maps = ctl.services(), None
+        self.addresses, self.maps = network(ctl, objects)
         self.running: list[RunningPod | None] = [None] * len(self.pods)
         self.incarnation = [0] * len(self.pods)
         self.offsets = [0] * len(self.pods)  # where the current incarnation's lines start in the pod's log
@@ -119,7 +107,7 @@ class Lifecycle:
             return handle.read().decode("utf-8", "replace")
 
     def _key(self, pos: int) -> int | str:
-        return pos if isinstance(self.ctl, (IndexedJob, JobSetController, TrainerController)) else self.pods[pos].name
+        return pod_key(self.ctl, pos, self.pods[pos])
 
     def _delete_all(self) -> None:
         """The controller deletes every pod: SIGTERM, the grace period, SIGKILL; their ends are not reported."""
