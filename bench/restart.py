@@ -59,6 +59,7 @@ def main() -> None:
             f"data.uri=file://{work}/data", "data.layout=imagefolder", "data.workers=1",
             f"checkpoint.uri=file://{out}/ckpt", f"train.batch_size={opts.batch}", f"train.amp_level={opts.amp}",
             "train.epochs=4", "train.warmup_epochs=1", "logging.interval_steps=1", "eval.interval_epochs=0",
+            "model.num_classes=2",
         ]  # fmt: skip
         args = ["--job", "convit_tiny", *[a for s in sets for a in ("--set", s)]]
         first = first_step_seconds([*args, "--max-steps", "2"], env)

@@ -70,6 +70,7 @@ def main() -> None:
             f"checkpoint.uri=file://{tmp}/ckpt",
             "logging.interval_steps=1",
             f"train.max_steps={args.steps + 2}",
+            "model.num_classes=4",  # the sample's classes
         ],
     )
     runtime = init_runtime("CPU")

@@ -89,7 +89,6 @@ def sidecar(
     weights: Any,
     path: Path,
 ) -> dict[str, Any]:
-    from convit.inference.classes import class_names
     from convit.inference.images import INPUT_SIZE, mean_std
     from convit.train.checkpoints import sha256_file
 
@@ -119,7 +118,7 @@ def sidecar(
         ),
         "interpolation": "bicubic",
         "num_classes": num_classes,
-        "class_names": class_names(num_classes),
+        "class_names": weights.names,  # the checkpoint's own names (its data's folders), or ImageNet's
         "weights": weights.uri,
         "weights_source": weights.source,
     }

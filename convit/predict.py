@@ -1,6 +1,7 @@
 """`python -m convit.predict --weights URI [--model NAME] IMAGE_OR_URI... [--top K] [--json]`.
 
-The top-K classes of each image (local path, file:// or s3://) with their ImageNet-1k names, probabilities
+The top-K classes of each image (local path, file:// or s3://) with their names (the checkpoint's recorded class
+names, the folders of the data it was trained on; ImageNet-1k's for a MindCV 1000-class .ckpt), probabilities
 and logits, after MindCV's eval preprocessing at the variant's crop_pct. `--json` prints one list of
 {"image": ..., "top": [{"index": i, "name": ..., "prob": p, "logit": l}, ...]}. A file that is missing or not
 a decodable image is reported on stderr by name (`ERROR: <image>: <reason>`) and skipped; the exit code is 1
@@ -81,7 +82,6 @@ def _text(results: list[dict[str, Any]]) -> str:
 
 def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     """(results for the images that decoded, one error message per image that did not)."""
-    from convit.inference.classes import class_names
     from convit.inference.images import BadImage, crop_pct_of, preprocess, read_bytes
     from convit.inference.runtime import init_inference
     from convit.inference.weights import build_model, read_weights
@@ -94,7 +94,7 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     init_inference(args.device)
     model = build_model(weights, args.model)
     crop_pct = args.crop_pct or crop_pct_of(weights.model)
-    names = class_names(weights.num_classes)
+    names = weights.names  # the checkpoint's recorded class names (its data's folders), ImageNet's for MindCV's
     # One batch of decoded images in memory at a time, whatever the number of images; every batch is padded to
     # the same size, so the graph compiles once.
     batch = min(MAX_BATCH, len(args.images))

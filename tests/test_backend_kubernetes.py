@@ -230,7 +230,10 @@ def test_submit_evaluate_creates_the_training_objects_running_convit_evaluate(
     for template in templates:
         (container,) = template["spec"]["containers"]
         assert container["command"] == list(contract.POD_COMMAND)
-        assert container["args"] == ["--module", "convit.evaluate", "--job", contract.JOB_FILE, "--weights", WEIGHTS]
+        out = "s3://checkpoints/convit-tiny/evaluations/convit-tiny-eval"  # beside the checkpoints, by job name
+        assert container["args"] == [
+            "--module", "convit.evaluate", "--job", contract.JOB_FILE, "--weights", WEIGHTS, "--out", out
+        ]  # fmt: skip
     KINDS[backend].set_args(bodies[-1], ["--job", contract.JOB_FILE])
     assert bodies == train
 

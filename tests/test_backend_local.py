@@ -44,6 +44,8 @@ JOB = [
     "logging.interval_steps=1",
     "--set",
     "model.drop_path_rate=0.1",
+    "--set",
+    "model.num_classes=4",  # the sample's classes
 ]
 
 
@@ -238,7 +240,7 @@ def test_evaluation_job_of_a_trained_checkpoint_and_wait(
     assert main(["submit", *common, "--output", out, "--set", "train.max_steps=2", "--wait"]) == 0
     text = capsys.readouterr().out
     assert text.rstrip().endswith("job demo succeeded")
-    assert main(["submit", *common, "--evaluate", "--weights", out]) == 0
+    assert main(["submit", *common, "--evaluate", "--weights", out, "--output", out]) == 0
     assert capsys.readouterr().out.startswith(
         f"submitted evaluation job demo-eval: convit_tiny, 1 pod(s) x 2 CPU workers, weights {out}"
     )
@@ -251,6 +253,11 @@ def test_evaluation_job_of_a_trained_checkpoint_and_wait(
     assert status[-1].startswith("  result: evaluated 8 samples: top1 ") and " loss " in status[-1]
     log = (local_home / "demo-eval" / "pod-0.log").read_text()
     assert log.count("evaluated 8 samples") == 1  # rank 0 only, every sample once over the 2 ranks
+    written = tmp_path / "ckpt" / "evaluations" / "demo-eval"  # beside the checkpoints, by the job's name
+    per_class = (written / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "index,class,samples,correct,top1" and len(per_class) == 1 + 4
+    assert sum(int(line.split(",")[2]) for line in per_class[1:]) == 8
+    assert (written / "confusion_matrix.csv").is_file() and (written / "confusion_matrix.png").is_file()
     assert main(["list", "--local"]) == 0
     assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [
         ["demo", "Succeeded"],

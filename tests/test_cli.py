@@ -26,6 +26,8 @@ def test_render_evaluate_prints_the_evaluation_job(capsys: pytest.CaptureFixture
         "/etc/convit/job.json",
         "--weights",
         "s3://ckpt/run",
+        "--out",
+        "s3://checkpoints/convit-tiny/evaluations/convit-tiny-eval",
     ]
 
 

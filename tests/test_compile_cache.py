@@ -188,6 +188,7 @@ SETS = [
     "logging.interval_steps=1",
     "eval.interval_epochs=1",
     "model.drop_path_rate=0.1",
+    "model.num_classes=2",  # the sample's classes
 ]
 USED = "Use the compilation cache and execute the backend actions only"  # MindSpore's own line on a cache hit
 

@@ -227,6 +227,7 @@ def test_two_ranks_then_one_resumes_exactly_and_finishes(tmp_path: Path) -> None
         "train.warmup_epochs=1",
         "train.reference_batch=0",  # one peak for both shapes, so the LR itself is continuous
         "model.drop_path_rate=0.1",
+        "model.num_classes=4",
         "data.workers=1",
         "data.layout=imagefolder",
         f"data.uri={data}",

@@ -88,7 +88,9 @@ def test_sharded_layout_gives_the_same_numbers(case: dict[str, Any], capsys: pyt
     _same(_result(["--weights", str(case["ckpt"]), "--data", shards, "--set", "data.layout=shards"], capsys), expected)
 
 
-def _our_checkpoint(root: str, source: Path, step: int, model: str = "convit_tiny") -> None:
+def _our_checkpoint(
+    root: str, source: Path, step: int, model: str = "convit_tiny", classes: list[str] | None = None
+) -> None:
     """A checkpoint in our format (weights + AdamW state, meta.json, latest.json) holding `source`'s weights."""
     import mindspore as ms
 
@@ -106,6 +108,8 @@ def _our_checkpoint(root: str, source: Path, step: int, model: str = "convit_tin
 
     store = CheckpointStore(root, source.parent / f"staging-{step}")
     meta = {"step": step, "epoch": 1, "epoch_step": 0, "model": model, "top1": None, "reason": "test"}
+    if classes is not None:
+        meta["classes"] = classes
     store.save(write, meta, background=False)
 
 
@@ -154,6 +158,61 @@ def test_our_checkpoint_and_data_on_s3(case: dict[str, Any], capsys: pytest.Capt
     result = _result(["--weights", ours, "--data", f"s3://{bucket}/data"], capsys)
     assert result["source"] == "convit step 7"
     _same(result, expected)
+
+
+def test_per_class_accuracy_confusion_matrix_and_worst_classes(
+    case: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two images moved to another class's folder: MindCV predicts each image's own class (the case's labels),
+    so the confusion matrix is the diagonal of the class counts with those two samples moved off it, by hand."""
+    import csv
+
+    predicted = reference_case()["logits"].argmax(axis=1).tolist()
+    labels = list(predicted)
+    labels[0] = (predicted[0] + 1) % NUM_CLASSES
+    labels[1] = (predicted[1] + 1) % NUM_CLASSES
+    data = imagefolder(tmp_path / "data", case["images"], labels)
+    expected = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for true, guess in zip(labels, predicted, strict=True):
+        expected[true, guess] += 1
+    out = tmp_path / "eval"
+    code, stdout, err = _run([*BASE, "--weights", str(case["ckpt"]), "--data", data, "--out", str(out)], capsys)
+    assert code == 0, err
+    names = [f"n{c:08d}" for c in range(NUM_CLASSES)]  # the folder names
+    with open(out / "confusion_matrix.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["true \\ predicted", *names]
+    assert [row[0] for row in table[1:]] == names
+    assert np.array([[int(v) for v in row[1:]] for row in table[1:]]).tolist() == expected.tolist()
+    with open(out / "per_class.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for c, row in enumerate(rows):
+        assert row["class"] == names[c] and int(row["samples"]) == expected[c].sum()
+        assert int(row["correct"]) == expected[c, c]
+        assert float(row["top1"]) == pytest.approx(100.0 * expected[c, c] / expected[c].sum(), abs=1e-3)
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "result.json").read_text())
+    assert result["top1"] == pytest.approx(100.0 * 10 / 12, abs=1e-3) and len(result["per_class"]) == NUM_CLASSES
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("evaluated 12 samples: top1 83.333")
+    worst = sorted(range(NUM_CLASSES), key=lambda c: (expected[c, c] / expected[c].sum(), expected[c].sum(), c))
+    assert lines[1].startswith("worst classes: ") and lines[1].split(": ", 1)[1].split(" ")[0] == names[worst[0]]
+    assert result["worst"][0]["class"] == names[worst[0]]
+    assert lines[2] == f"per-class accuracy and confusion matrix written to file://{out}/"
+
+
+def test_our_checkpoint_names_its_classes_and_must_match_the_data(
+    case: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"n{c:08d}" for c in range(NUM_CLASSES)]
+    good, bad = f"file://{tmp_path}/good", f"file://{tmp_path}/bad"
+    _our_checkpoint(good, case["ckpt"], step=2, classes=names)
+    _our_checkpoint(bad, case["ckpt"], step=2, classes=["cat", "dog", "fox", "owl"])
+    result = _result(["--weights", good, "--data", case["data"]], capsys)
+    assert [row["class"] for row in result["per_class"]] == names
+    code, out, err = _run([*BASE, "--weights", bad, "--data", case["data"]], capsys)
+    assert code == 1 and out == ""
+    assert err.count("ERROR: ") == 1 and "trained on the classes [cat, dog, fox, owl]" in err, err
 
 
 def _tiny_plus_checkpoint(path: Path) -> Path:

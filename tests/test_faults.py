@@ -27,6 +27,7 @@ SETS = [
     "logging.interval_steps=1",
     "checkpoint.interval_steps=2",
     "model.drop_path_rate=0.0",
+    "model.num_classes=4",  # the samples' classes
 ]
 
 

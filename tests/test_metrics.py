@@ -112,6 +112,7 @@ SETS = [
     "eval.interval_epochs=0",
     "checkpoint.interval_steps=1",
     "model.drop_path_rate=0.0",
+    "model.num_classes=2",  # the sample's classes
 ]
 
 

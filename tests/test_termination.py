@@ -85,6 +85,7 @@ SETS = [
     "data.layout=imagefolder",
     "logging.interval_steps=1",
     "model.drop_path_rate=0.0",
+    "model.num_classes=2",  # the sample's classes
 ]
 
 
@@ -161,6 +162,7 @@ def test_an_evaluation_writes_its_result_line(
     for key in ("MS_ROLE", "MS_WORKER_NUM", "MS_LOCAL_WORKER", "MS_NODE_ID"):
         monkeypatch.delenv(key, raising=False)
     args = ["--job", "convit_tiny", "--set", "data.layout=imagefolder", "--set", "data.workers=1"]
+    args += ["--set", "model.num_classes=2"]
     code = evaluate_main([*args, "--data", finished["data"], "--weights", finished["ckpt"], "--batch-size", "2"])
     out = capsys.readouterr().out
     assert code == 0

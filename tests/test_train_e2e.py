@@ -157,6 +157,7 @@ def test_loss_decreases_on_a_learnable_task(tmp_path: Path) -> None:
         "augment.color_jitter=0.0",
         "augment.scale_min=0.5",
         "model.drop_path_rate=0.0",
+        "model.num_classes=4",
         "data.workers=1",
         "data.layout=imagefolder",
         f"data.uri={data}",

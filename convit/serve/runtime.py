@@ -223,7 +223,6 @@ def _load_export(uri: str, work: Path, model: str | None, device: str, max_batch
 
 
 def _load_checkpoint(uri: str, work: Path, model: str | None, device: str, max_batch: int) -> ServedModel:
-    from convit.inference.classes import class_names
     from convit.inference.images import crop_pct_of
     from convit.inference.runtime import init_inference
     from convit.inference.weights import build_model, read_weights
@@ -245,7 +244,7 @@ def _load_checkpoint(uri: str, work: Path, model: str | None, device: str, max_b
         variant=weights.model,
         runner=runner,
         crop_pct=crop_pct_of(weights.model),
-        class_names=class_names(weights.num_classes),
+        class_names=weights.names,  # the checkpoint's recorded names, else ImageNet's or `class <i>`
         source=f"{weights.source} {uri}",
         device=device,
     )

@@ -139,13 +139,15 @@ class LocalBackend(Backend):
             return {"phase": "Pending", "pods": []}
 
     def submit(self, spec: JobSpec, *, dry_run: bool = False, evaluate: str | None = None) -> str:
-        # What the pods read and write: an evaluation reads its weights and writes no checkpoint.
+        # What the pods read and write: an evaluation reads its weights and writes no checkpoint, only its
+        # per-class files beside the checkpoints (launcher.render.objects.evaluation_out).
         uris = (
             (("--weights", spec.serve.weights),)  # a server reads only its weights
             if spec.serve.weights
             else (
                 ("data.uri", spec.data.uri),
                 ("--weights", evaluate) if evaluate else ("checkpoint.uri", spec.checkpoint.uri),
+                *((("checkpoint.uri (the evaluation's per-class files)", spec.checkpoint.uri),) if evaluate else ()),
             )
         )
         for what, uri in uris:

@@ -27,9 +27,16 @@ def configmap(spec: JobSpec) -> Obj:
 EVALUATE_MODULE = "convit.evaluate"
 
 
-def evaluation_args(weights: str) -> list[str]:
+def evaluation_out(spec: JobSpec) -> str:
+    """Where an evaluation job writes its per-class accuracy, confusion matrix (CSV, PNG) and result.json:
+    beside the job's checkpoints (checkpoint.uri, `--output`), under the evaluation job's name."""
+    return f"{spec.checkpoint.uri}/evaluations/{spec.name}"
+
+
+def evaluation_args(weights: str, out: str = "") -> list[str]:
     """The container arguments of an evaluation job: `python -m convit.cluster` then these."""
-    return ["--module", EVALUATE_MODULE, "--job", contract.JOB_FILE, "--weights", weights]
+    args = ["--module", EVALUATE_MODULE, "--job", contract.JOB_FILE, "--weights", weights]
+    return [*args, "--out", out] if out else args
 
 
 def pod_templates(obj: Obj) -> list[Obj]:
@@ -63,5 +70,5 @@ def render_objects(spec: JobSpec, *, evaluate: str | None = None) -> list[Obj]:
     kind.check(spec)
     objects = [configmap(spec), *([pod_monitor(spec)] if spec.metrics.pod_monitor else []), *kind.objects(spec)]
     if evaluate is not None:
-        kind.set_args(objects[-1], evaluation_args(evaluate))
+        kind.set_args(objects[-1], evaluation_args(evaluate, evaluation_out(spec)))
     return objects

@@ -21,6 +21,7 @@ SMALL_RUN = [
     "data.workers=1",
     "logging.interval_steps=1",
     "eval.interval_epochs=1",
+    "model.num_classes=4",  # the 4-class samples (make_sample(..., classes=4)) the tests using it train on
 ]
 
 
