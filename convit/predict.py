@@ -74,9 +74,8 @@ def _text(results: list[dict[str, Any]]) -> str:
     for result in results:
         lines.append(result["image"])
         for rank, item in enumerate(result["top"], 1):
-            lines.append(
-                f"  {rank}. {item['prob'] * 100:6.2f} %  logit {item['logit']:8.4f}  [{item['index']}] {item['name']}"
-            )
+            name = _one_line(item["name"])  # a folder name with a line break stays on its line
+            lines.append(f"  {rank}. {item['prob'] * 100:6.2f} %  logit {item['logit']:8.4f}  [{item['index']}] {name}")
     return "\n".join(lines)
 
 
