@@ -31,6 +31,7 @@ import numpy as np
 
 from convit.cluster import contract
 from convit.errors import ConvitError, cli_boundary
+from convit.inference.weights import add_ema_flag
 
 MAX_BATCH = 4096  # images per rank and step, as train.batch_size (convit/jobspec/schema.py)
 
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="recipe name from jobs/ or a job file (YAML or JSON): model, data set, eval crop_pct",
     )
     parser.add_argument("--weights", required=True, help="MindCV .ckpt, or our checkpoint directory / its latest")
+    add_ema_flag(parser)
     parser.add_argument("--data", help="override data.uri (the data set root holding train/ and val/, or shards)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a job value"
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace, spec: Any, runtime: Any) -> EvalResult:
     from convit.train.runtime import AllReduceSum
 
     started = time.monotonic()
-    weights = read_weights(args.weights)
+    weights = read_weights(args.weights, ema=args.ema)
     model = build_model(weights, spec.model.name, spec.model.num_classes)
     batch = args.batch_size or spec.train.batch_size
     if batch <= 0:

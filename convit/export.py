@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from convit.errors import ConvitError, cli_boundary
+from convit.inference.weights import add_ema_flag
 from convit.jobspec.schema import CROP_PCT_MIN
 
 SUFFIX = {"onnx": ".onnx", "mindir": ".mindir"}
@@ -36,6 +37,7 @@ MAX_BATCH = 4096  # a fixed --batch is traced with a zero input of that many ima
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m convit.export", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True, help="MindCV .ckpt, or our checkpoint directory / its latest")
+    add_ema_flag(parser)
     parser.add_argument("--model", help="variant the weights must be (default: recognised from the checkpoint)")
     parser.add_argument("--format", required=True, choices=sorted(SUFFIX), help="onnx or mindir (MindSpore Lite)")
     parser.add_argument("--output", required=True, help="model file: path, file:// or s3:// (suffix added if absent)")
@@ -140,7 +142,7 @@ def export(args: argparse.Namespace) -> tuple[str, str]:
         target += suffix
     storage, key = split_uri(target)
     side_key = key + ".json"
-    weights = read_weights(args.weights)
+    weights = read_weights(args.weights, ema=args.ema)
     init_inference(None)
     # The GeLU op itself, not its elementwise CPU form: serving runtimes (MindSpore Lite, onnxruntime) have their own.
     model = build_model(weights, args.model, gelu_form="kernel")

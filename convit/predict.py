@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convit.errors import ConvitError, cli_boundary
+from convit.inference.weights import add_ema_flag
 from convit.jobspec.schema import CROP_PCT_MIN
 
 MAX_BATCH = 16
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m convit.predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_URI", help="JPEG/PNG files: paths, file:// or s3://")
     parser.add_argument("--weights", required=True, help="MindCV .ckpt, or our checkpoint directory / its latest")
+    add_ema_flag(parser)
     parser.add_argument("--model", help="variant the weights must be (default: recognised from the checkpoint)")
     parser.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument(
@@ -89,7 +91,7 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
         raise ConvitError("--top must be positive")
     if args.crop_pct is not None and not CROP_PCT_MIN <= args.crop_pct <= 1.0:  # NaN fails too
         raise ConvitError(f"--crop-pct must be in [{CROP_PCT_MIN}, 1]")
-    weights = read_weights(args.weights)
+    weights = read_weights(args.weights, ema=args.ema)
     init_inference(args.device)
     model = build_model(weights, args.model)
     crop_pct = args.crop_pct or crop_pct_of(weights.model)

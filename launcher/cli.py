@@ -228,8 +228,8 @@ def scaling_note(args: argparse.Namespace, spec: JobSpec) -> str | None:
     if args.pods is None:
         return None
     recipe = spec_of(argparse.Namespace(**{**vars(args), "pods": None}))
-    batch = spec.train.batch_size * spec.cluster.world_size
-    recipe_batch = recipe.train.batch_size * recipe.cluster.world_size
+    batch = spec.train.step_batch * spec.cluster.world_size
+    recipe_batch = recipe.train.step_batch * recipe.cluster.world_size
     head = f"--pods {args.pods}: global batch {batch} (recipe {recipe_batch}), "
     if not spec.train.reference_batch:
         return head + f"peak LR {spec.train.peak_lr(batch):.2e} unchanged (train.reference_batch 0: no scaling)"

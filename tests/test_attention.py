@@ -153,7 +153,7 @@ def test_decomposed_training_step_compiles_and_runs_under_amp_o2() -> None:
     noise = ms.Tensor(drop_noise(model, 2, rng))
     before = model.blocks[0].attn.gating_param.asnumpy().copy()
     for _ in range(2):
-        loss, overflows = step(x, y, noise)
+        loss, overflows = step(x, y, noise, ms.Tensor(True))
     assert np.isfinite(float(loss.asnumpy())) and int(overflows.asnumpy()) == 0
     assert not np.array_equal(before, model.blocks[0].attn.gating_param.asnumpy())
 

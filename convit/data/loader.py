@@ -151,7 +151,7 @@ def _open(spec: JobSpec, split: str, limit: int) -> SampleTable:
         storage.check_root()
     except StorageError as exc:
         raise DataError(f"dataset {spec.data.uri}: {exc}") from None
-    return open_split(storage, spec.data.layout, split).head(limit)
+    return open_split(storage, spec.data.layout, split, spec.data.class_map).head(limit)
 
 
 class _Loader:
@@ -198,12 +198,17 @@ class TrainLoader(_Loader):
         super().__init__(spec, spec.data.limit_train)
         self.rank, self.world = rank, world_size
         self.num_samples = len(self.table)
-        self.batch = spec.train.batch_size
+        # A step is an optimizer step: grad_accum_steps micro-batches of batch_size. The epoch's plan (and the
+        # position in it) counts steps of `batch` samples per rank; the batches it yields are the micro-batches.
+        self.micro = spec.train.batch_size
+        self.accum = spec.train.grad_accum_steps
+        self.batch = spec.train.step_batch
         self.steps_per_epoch = self.num_samples // (self.batch * world_size)
         if self.steps_per_epoch == 0:
+            accumulated = f" x {self.accum} accumulated" if self.accum > 1 else ""
             raise DataError(
                 f"{spec.data.uri}: {self.num_samples} training images cannot fill one global batch of "
-                f"{self.batch} x {world_size} ranks"
+                f"{self.micro}{accumulated} x {world_size} ranks"
             )
         a = spec.augment
         self.augment = TrainAugment(a.scale_min, a.hflip, a.color_jitter, a.auto_augment, a.re_prob)
@@ -224,7 +229,8 @@ class TrainLoader(_Loader):
     def epoch(
         self, epoch: int, start_step: int = 0, *, plan: EpochPlan | None = None
     ) -> Iterator[tuple[NDArray[Any], NDArray[Any]]]:
-        """The rest of `epoch`'s batches: (float32 N,3,224,224 images, soft targets).
+        """The rest of `epoch`'s micro-batches: (float32 N,3,224,224 images, soft targets), grad_accum_steps of them
+        per step.
 
         Either from step `start_step` of an epoch trained at this shape throughout, or the rest of `plan`
         (`self.plan(epoch, segments)`, for a position recorded at any world size)."""
@@ -232,15 +238,15 @@ class TrainLoader(_Loader):
             plan = self.plan(epoch, [Segment(self.world, self.batch, start_step)])
         elif plan.epoch != epoch:
             raise ValueError(f"a plan of epoch {plan.epoch} for epoch {epoch}")
-        seed, batch, indices = self.spec.train.seed, self.batch, plan.indices
-        start = plan.start * batch
+        seed, batch, indices = self.spec.train.seed, self.micro, plan.indices
+        start = plan.start * self.batch
         bounds = [start, *range((start // WINDOW + 1) * WINDOW, len(indices), WINDOW), len(indices)]
         tasks = (
             ("train", indices[a:b], seed, epoch, self.augment, 0.0) for a, b in itertools.pairwise(bounds) if b > a
         )
         labels = self.table.labels
-        # Batches are numbered by their step in the epoch (every segment), which seeds mixup/cutmix.
-        images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, plan.done_steps
+        # Micro-batches are numbered by their position in the epoch (every segment), which seeds mixup/cutmix.
+        images, targets, filled, step = self._new_batch(), np.empty(batch, np.int32), 0, plan.done_steps * self.accum
         for window in self._pool().run(tasks):
             n, j, slot = len(window.indices), 0, window.slot
             sources: Any = range(n)  # slot j of the window takes sample sources[j]
@@ -264,7 +270,7 @@ class TrainLoader(_Loader):
                 self._report(window.failures())
 
     def _new_batch(self) -> NDArray[Any]:
-        return np.empty((self.batch, 3, SIZE, SIZE), np.float32)
+        return np.empty((self.micro, 3, SIZE, SIZE), np.float32)
 
     def _finish(
         self, images: NDArray[Any], labels: NDArray[Any], epoch: int, step: int

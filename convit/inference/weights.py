@@ -11,13 +11,14 @@ variant is checked. A missing, unreadable or foreign checkpoint is a ConvitError
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from convit.train.checkpoints import BEST, LATEST, CheckpointError, CheckpointSt
 
 # Model tensors of our checkpoints; the rest is trainer state (AdamW moments, step counters, loss-scale state).
 _MODEL_KEY = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.|norm\.|classifier\.)")
+EMA = "ema."  # the EMA weights' prefix (convit.train.step.EMA_PREFIX, MindCV's)
 _STEP = re.compile(r"^(?P<root>.+)/checkpoints/step-(?P<step>[0-9]{9})(/weights\.ckpt)?$")
 
 
@@ -39,6 +41,15 @@ class LoadedWeights:
     source: str  # "mindcv" (a bare .ckpt) or "convit step N"
     model: str  # the variant: recorded in our meta.json, or recognised from the tensor shapes
     num_classes: int
+    classes: list[str] = field(default_factory=list)  # recorded in our meta.json; [] for a MindCV .ckpt
+    ema: bool = False  # the model tensors are the EMA of the weights (see read_weights)
+
+    @property
+    def names(self) -> list[str]:
+        """The head's class names: our checkpoint's recorded ones, else ImageNet's for 1000 classes, `class <i>`."""
+        from convit.inference.classes import class_names
+
+        return list(self.classes) if len(self.classes) == self.num_classes else class_names(self.num_classes)
 
 
 def normalize_uri(uri: str) -> str:
@@ -133,14 +144,19 @@ def _ours(root: str, step: int | None, pointer: str, uri: str) -> LoadedWeights:
     model, num_classes = recognise(params, uri)
     if meta.model and meta.model != model:
         raise CheckpointError(f"{uri}: meta.json says {meta.model} but the tensors are {model}'s")
-    return LoadedWeights(uri, params, f"convit step {meta.step}", model, num_classes)
+    return LoadedWeights(uri, params, f"convit step {meta.step}", model, num_classes, list(meta.classes))
 
 
-def read_weights(uri: str) -> LoadedWeights:
-    """Locate, download, verify and read a checkpoint (see the module docstring for the accepted URIs)."""
+def read_weights(uri: str, *, ema: bool | None = None) -> LoadedWeights:
+    """Locate, download, verify and read a checkpoint (see the module docstring for the accepted URIs).
+
+    `ema`: the model tensors are the EMA of the weights (`ema.<name>`, what a run with `train.ema_decay`
+    validated on; MindCV's `--ema` checkpoints name them the same) when True, the raw weights when False; None
+    takes the EMA when the checkpoint has one. Asking for an EMA a checkpoint does not hold is an error.
+    """
     uri = normalize_uri(uri)
     try:
-        return _read_weights(uri)
+        return _average(_read_weights(uri), ema)
     except OSError as exc:  # a local path that is no file or directory to read (/dev/zero, a file as a folder)
         raise ConvitError(f"{uri}: cannot read a checkpoint there ({exc.strerror or type(exc).__name__})") from None
 
@@ -171,6 +187,28 @@ def _read_weights(uri: str) -> LoadedWeights:
     return _ours(uri, None, LATEST, uri)
 
 
+def _average(weights: LoadedWeights, ema: bool | None) -> LoadedWeights:
+    averages = {k[len(EMA) :]: v for k, v in weights.params.items() if k.startswith(EMA)}
+    if ema and not averages:
+        raise ConvitError(f"{weights.uri}: the checkpoint holds no EMA weights (trained without train.ema_decay)")
+    use = bool(averages) if ema is None else ema
+    params = {k: v for k, v in weights.params.items() if not k.startswith(EMA)}
+    if not use:
+        return replace(weights, params=params, ema=False)
+    return replace(weights, params=params | averages, ema=True, source=f"{weights.source}, EMA weights")
+
+
+def add_ema_flag(parser: argparse.ArgumentParser) -> None:
+    """`--ema` / `--no-ema` for the commands that read weights (read_weights' `ema`)."""
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use the checkpoint's EMA weights (default: when it has them, as a run with train.ema_decay "
+        "validated on them); --no-ema: the raw weights",
+    )
+
+
 def build_model(
     weights: LoadedWeights, model: str | None = None, num_classes: int | None = None, *, gelu_form: str = "auto"
 ) -> Any:
@@ -193,7 +231,7 @@ def build_model(
     net = create_model(name, num_classes=classes, drop_path_rate=0.0, gelu_form=gelu_form)
     net.variant_name = name
     params = weights.params
-    if weights.source != "mindcv":  # ours: every model tensor checked, the trainer's own state set aside
+    if not weights.source.startswith("mindcv"):  # ours: every model tensor checked, the trainer's own state set aside
         params = {k: v for k, v in params.items() if _MODEL_KEY.match(k)}
     load_weights(net, params, strict=True)
     net.set_train(False)

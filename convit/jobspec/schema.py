@@ -124,11 +124,24 @@ class DataSpec(_Section):
     workers: Annotated[int, Field(gt=0, le=64)] = Field(4, description="Decode worker processes per rank.")
     limit_train: NonNegativeInt = Field(0, description="Use only the first N training samples (0: all).")
     limit_val: NonNegativeInt = Field(0, description="Use only the first N validation samples (0: all).")
+    class_map: str = Field(
+        "",
+        description=(
+            "URI of a class map as timm's --class-map takes: a text file, one class (folder) name per line, "
+            "in label order; other classes' images are left out. Empty: the data's classes (sorted folder names)."
+        ),
+        json_schema_extra=_schema(r"^$|" + _URI_PATTERN),
+    )
 
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
         return _check_uri(value)
+
+    @field_validator("class_map")
+    @classmethod
+    def _class_map_uri(cls, value: str) -> str:
+        return _check_uri(value) if value else value
 
 
 class TrainSpec(_Section):
@@ -164,6 +177,32 @@ class TrainSpec(_Section):
         42, description="Seed of weights, data order and augmentation (0 to 2**32 - 1, as MindSpore's set_seed takes)."
     )
     max_steps: NonNegativeInt = Field(0, description="Stop after this many global steps (0: full schedule).")
+    grad_accum_steps: Annotated[int, Field(ge=1, le=1024)] = Field(
+        1,
+        description=(
+            "Micro-batches of batch_size per optimizer step (MindCV's gradient_accumulation_steps): the global "
+            "batch is batch_size x ranks x grad_accum_steps, and steps, LR and resume count optimizer steps."
+        ),
+    )
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0,
+        description=(
+            "EMA of the weights after every optimizer step, MindCV's (decay x (1 - exp(-updates / 2000))); "
+            "validation uses the EMA weights. 0: off; MindCV's --ema uses 0.9999."
+        ),
+    )
+    clip_grad: Annotated[float, Field(ge=0.0, le=1e6)] = Field(
+        0.0,
+        description=(
+            "Clip each micro-batch's gradient to this global L2 norm after unscaling (MindCV's clip_value with "
+            "--clip_grad; it used 15.0). 0: off."
+        ),
+    )
+
+    @property
+    def step_batch(self) -> int:
+        """Samples per rank per optimizer step: grad_accum_steps micro-batches of batch_size."""
+        return self.batch_size * self.grad_accum_steps
 
     def peak_lr(self, global_batch: int) -> float:
         """MindCV's linear rule: lr x global_batch / reference_batch (unscaled when reference_batch is 0)."""

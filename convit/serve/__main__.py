@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from convit.errors import ConvitError, UsageError, cli_boundary
+from convit.inference.weights import add_ema_flag
 from convit.serve.app import ServeConfig, ServerState, build_app
 from convit.serve.runtime import ServedModel, load_model, warm_up
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(prog="python -m convit.serve", description=doc.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="our checkpoint, a MindCV .ckpt, or an exported .onnx/.mindir")
+    add_ema_flag(parser)
     parser.add_argument("--model", help="variant the weights must be (default: recognised from them)")
     parser.add_argument("--name", help="the model's name in the protocol (default: the variant, e.g. convit_tiny)")
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
@@ -128,7 +130,9 @@ def serve(args: argparse.Namespace) -> int:
     )
 
     def load() -> ServedModel:
-        model = load_model(args.weights, model=args.model, name=args.name, device=args.device, max_batch=args.max_batch)
+        model = load_model(
+            args.weights, model=args.model, name=args.name, device=args.device, max_batch=args.max_batch, ema=args.ema
+        )
         if args.top_k is not None and args.top_k > model.num_classes:
             raise UsageError(f"--top-k {args.top_k} is more than the model's {model.num_classes} classes")
         config.top_k = min(config.top_k, model.num_classes)

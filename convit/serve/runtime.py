@@ -169,8 +169,11 @@ def read_sidecar(uri: str, model_file: Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(weights: str, *, model: str | None, name: str | None, device: str | None, max_batch: int) -> ServedModel:
-    """The model of `weights` (see the module docstring), ready to run but not yet warmed."""
+def load_model(
+    weights: str, *, model: str | None, name: str | None, device: str | None, max_batch: int, ema: bool | None = None
+) -> ServedModel:
+    """The model of `weights` (see the module docstring), ready to run but not yet warmed. `ema`: a checkpoint's
+    EMA or raw weights (convit.inference.weights.read_weights); an exported model has its weights already."""
     from convit.inference.weights import normalize_uri
 
     device = device_of(device)
@@ -180,7 +183,7 @@ def load_model(weights: str, *, model: str | None, name: str | None, device: str
         if uri.endswith((".onnx", ".mindir")):
             served = _load_export(uri, work, model, device, max_batch)
         else:
-            served = _load_checkpoint(uri, work, model, device, max_batch)
+            served = _load_checkpoint(uri, work, model, device, max_batch, ema)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # onnxruntime and MindSpore hold the model in memory
     if name:
@@ -222,12 +225,14 @@ def _load_export(uri: str, work: Path, model: str | None, device: str, max_batch
     )
 
 
-def _load_checkpoint(uri: str, work: Path, model: str | None, device: str, max_batch: int) -> ServedModel:
+def _load_checkpoint(
+    uri: str, work: Path, model: str | None, device: str, max_batch: int, ema: bool | None
+) -> ServedModel:
     from convit.inference.images import crop_pct_of
     from convit.inference.runtime import init_inference
     from convit.inference.weights import build_model, read_weights
 
-    weights = read_weights(uri)
+    weights = read_weights(uri, ema=ema)
     init_inference(device)
     runner: Runner
     if device == "CPU":

@@ -70,6 +70,7 @@ class CheckpointMeta:
     epoch_samples: int = 0
     segments: list[list[int]] = field(default_factory=list)
     restarts: int = 0  # starts of the job that resumed, up to the one that saved it (the metric convit_restarts)
+    classes: list[str] = field(default_factory=list)  # the head's class names, in label order; []: not recorded
 
     @property
     def name(self) -> str:

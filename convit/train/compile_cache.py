@@ -52,7 +52,14 @@ from convit.storage.base import Storage, join_uri, open_storage
 
 log = logging.getLogger("convit.train")
 
-_GRAPH_SOURCES = ("models/convit.py", "models/layers.py", "train/step.py", "train/adamw.py", "train/evaluate.py")
+_GRAPH_SOURCES = (
+    "models/convit.py",
+    "models/layers.py",
+    "train/step.py",
+    "train/step_ops.py",
+    "train/adamw.py",
+    "train/evaluate.py",
+)
 REMOTE_FOLDER = "compile-cache"
 BLOBS = "blobs"
 CLOSE_SECONDS = 60.0  # the longest the run's end waits for an upload under way
@@ -64,7 +71,19 @@ def cache_key(spec: JobSpec, world_size: int, lr_table: int) -> str:
     package = Path(__file__).resolve().parents[1]
     facts = {
         "model": spec.model.model_dump(exclude={"pretrained"}),
-        "train": spec.train.model_dump(include={"batch_size", "amp_level", "loss_scale", "beta1", "beta2", "eps"}),
+        "train": spec.train.model_dump(
+            include={
+                "batch_size",
+                "amp_level",
+                "loss_scale",
+                "beta1",
+                "beta2",
+                "eps",
+                "grad_accum_steps",
+                "ema_decay",
+                "clip_grad",
+            }
+        ),
         "eval_batch": spec.train.batch_size,
         "world_size": world_size,
         "lr_table": lr_table,

@@ -26,11 +26,24 @@ from convit.train.metrics import TrainMetrics, metrics_port
 from convit.train.progress import PodState, Progress
 from convit.train.runtime import AllReduceSum, Runtime, exit_lost_peer, node_name, peer_failure
 from convit.train.schedule import PartialEpoch, first_slot, lr_schedule
-from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
+from convit.train.step import (
+    EMA_PREFIX,
+    GRAD_SUM_PREFIX,
+    build_optimizer,
+    build_train_step,
+    drop_noise,
+    step_outputs,
+)
 from convit.train.termination import TerminationMessage
 
 log = logging.getLogger("convit.train")
 _DERIVED = {"learning_rate"}  # optimizer state recomputed from the recipe, never restored
+
+
+def _is_state(name: str) -> bool:
+    """A parameter of the train step that checkpoints carry: not the LR table, not the accumulation buffer (zero
+    at every optimizer step, where checkpoints are written)."""
+    return name not in _DERIVED and not name.startswith(GRAD_SUM_PREFIX + ".")
 
 
 class StopRequest:
@@ -64,6 +77,7 @@ class Trainer:
         import mindspore as ms
 
         from convit.data import build_train_loader, build_val_loader
+        from convit.data.index import checked_class_names
         from convit.models import count_params, create_model
 
         self.spec = spec
@@ -80,11 +94,13 @@ class Trainer:
         )
         self.train_loader = build_train_loader(spec, runtime.rank, runtime.world_size)
         self.val_loader = build_val_loader(spec, runtime.rank, runtime.world_size)
+        # The data's class names (one per model output, or one clear error): they travel in every checkpoint.
+        self.classes = checked_class_names(self.train_loader.table, spec.model.num_classes, spec.data.uri)
         self.steps_per_epoch = int(self.train_loader.steps_per_epoch)
         self.total_steps = spec.train.epochs * self.steps_per_epoch
         if spec.train.max_steps:
             self.total_steps = min(self.total_steps, spec.train.max_steps)
-        self.global_batch = spec.train.batch_size * runtime.world_size
+        self.global_batch = spec.train.step_batch * runtime.world_size  # per optimizer step
         self.peak_lr = spec.train.peak_lr(self.global_batch)
         self.lrs = lr_schedule(spec.train, self.steps_per_epoch, self.peak_lr)
         self.optimizer = build_optimizer(self.model, spec, self.lrs)
@@ -121,7 +137,7 @@ class Trainer:
 
         The LR table is left out: it is derived from the recipe, and a resumed job may extend the schedule.
         """
-        return [p for name, p in self.train_step.parameters_dict().items() if name not in _DERIVED]
+        return [p for name, p in self.train_step.parameters_dict().items() if _is_state(name)]
 
     def _write_checkpoint(self, path: Path) -> None:
         import mindspore as ms
@@ -146,20 +162,30 @@ class Trainer:
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"MindSpore cannot read it ({str(exc).splitlines()[0][:200]})") from None
         params = self.train_step.parameters_dict()
-        own = {name: p for name, p in params.items() if name not in _DERIVED}
+        own = {name: p for name, p in params.items() if _is_state(name)}
+        # EMA switched on at a resume: the average starts from the checkpoint's weights.
+        ema_started = self.spec.train.ema_decay > 0 and not any(k.startswith(EMA_PREFIX + ".") for k in values)
+        if ema_started:
+            ema = EMA_PREFIX + "."
+            raw = {k: k[len(ema) :] for k in own if k.startswith(ema) and k[len(ema) :] in values}
+            values |= {k: ms.Tensor(values[w].asnumpy().copy()) for k, w in raw.items()}  # a copy, not an alias
+            values.setdefault("ema_updates", params["ema_updates"])
         missing = sorted(set(own) - set(values))
         mismatched = [k for k in own if k in values and tuple(values[k].shape) != tuple(own[k].shape)]
         if missing or mismatched:
             what = f"missing {missing[:3]}" if missing else f"shape mismatch {mismatched[:3]}"
             raise CheckpointError(f"it does not fit this model ({what})")
         # The derived ones are kept as they are, but named, so MindSpore does not warn about them in the user's log.
-        restored = {k: values[k] for k in own} | {name: params[name] for name in _DERIVED}
+        transient = {name: p for name, p in params.items() if not _is_state(name)}
+        restored = {k: values[k] for k in own} | transient
         ms.load_param_into_net(self.train_step, restored, strict_load=True)
+        if ema_started:
+            self.progress.info("EMA of the weights starts from this checkpoint's weights (it holds none)")
         self.global_step, self.epoch, self.epoch_step = meta.step, meta.epoch, meta.epoch_step
         if meta.segments:
             self.segments = tuple(Segment(*seg) for seg in meta.segments)
         else:  # written before elastic resume (or at an epoch's start): steps of this world size
-            self.segments = advance((), self.runtime.world_size, self.spec.train.batch_size, meta.epoch_step)
+            self.segments = advance((), self.runtime.world_size, self.spec.train.step_batch, meta.epoch_step)
 
     def resume(self) -> CheckpointMeta | None:
         store = self.checkpoints
@@ -214,11 +240,24 @@ class Trainer:
             self.total_steps = min(self.total_steps, t.max_steps)
         return plan
 
+    def _options(self) -> dict[str, Any]:
+        """The start line's training options, those switched on: accumulation (the global batch above includes
+        it: batch x ranks x grad_accum_steps), EMA and clipping."""
+        t = self.spec.train
+        options: dict[str, Any] = {}
+        if t.grad_accum_steps > 1:
+            options["grad_accum_steps"] = t.grad_accum_steps
+        if t.ema_decay:
+            options["ema_decay"] = t.ema_decay
+        if t.clip_grad:
+            options["clip_grad"] = t.clip_grad
+        return options
+
     def _resume_line(self, meta: CheckpointMeta | None, plan: EpochPlan) -> str:
         if meta is None:
             return "none"
         text = f"step {meta.step} (epoch {self.epoch + 1}, {plan.done_samples} of {plan.kept_samples} samples)"
-        world, batch = self.runtime.world_size, self.spec.train.batch_size
+        world, batch = self.runtime.world_size, self.spec.train.step_batch
         if meta.world_size and meta.world_size != world:
             text += f" from world size {meta.world_size} to {world}"
         elif meta.batch_size and meta.batch_size != batch:
@@ -267,10 +306,11 @@ class Trainer:
             "reason": reason,
             "recipe": job_values(self.spec),
             "world_size": self.runtime.world_size,
-            "batch_size": self.spec.train.batch_size,
+            "batch_size": self.spec.train.step_batch,  # samples per rank per optimizer step
             "epoch_samples": sum(seg.samples for seg in self.segments),
             "segments": [[seg.world, seg.batch, seg.steps] for seg in self.segments],
             "restarts": self.restarts,
+            "classes": self.classes,
         }
         self.checkpoints.save(self._write_checkpoint, meta, background=background)
         uri = f"{self.spec.checkpoint.uri}/checkpoints/step-{self.global_step:09d}"
@@ -314,7 +354,8 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------------------
     def validate(self) -> None:
         started = time.monotonic()
-        top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
+        with self._ema_in_model():
+            top1, top5, samples = evaluate(self.model, self.val_loader, self.spec.train.batch_size, self.reduce)
         self.compile_cache.compiled("eval")  # the first evaluation compiled the eval graph: kept in object storage
         self.last_top1, self.last_top5 = top1, top5
         self.curves.validation(self.global_step, top1=top1, top5=top5)
@@ -326,6 +367,24 @@ class Trainer:
             samples=samples,
             seconds=time.monotonic() - started,
         )
+
+    @contextmanager
+    def _ema_in_model(self) -> Iterator[None]:
+        """With EMA on, the model holds the EMA weights inside the block (MindCV validates on them too)."""
+        if not self.spec.train.ema_decay:
+            yield
+            return
+        import mindspore as ms
+
+        weights, averages = self.train_step.model_weights, self.train_step.ema_weights
+        raw = [w.asnumpy().copy() for w in weights]
+        for w, a in zip(weights, averages, strict=True):
+            w.set_data(ms.Tensor(a.asnumpy().copy()))
+        try:
+            yield
+        finally:
+            for w, value in zip(weights, raw, strict=True):
+                w.set_data(ms.Tensor(value))
 
     def _should_stop(self) -> bool:
         """All ranks agree to stop at the same step, or the collectives of the next step would hang."""
@@ -357,6 +416,7 @@ class Trainer:
             device=rt.device,
             batch_per_card=spec.train.batch_size,
             global_batch=global_batch,
+            **self._options(),
             peak_lr=f"{self.peak_lr:.3e}",
             amp=spec.train.amp_level,
             train_samples=self.train_loader.num_samples,
@@ -408,6 +468,7 @@ class Trainer:
         window_start, window_steps = time.monotonic(), 0
         window_wait = 0.0  # seconds of the logging interval spent waiting for the next batch
         step_times: list[float] = []
+        accum, micro = spec.train.grad_accum_steps, 0  # micro-batches per optimizer step, and of this one so far
         while self.global_step < self.total_steps:
             epoch = self.epoch
             if plan.epoch != epoch:
@@ -420,13 +481,22 @@ class Trainer:
             for images, targets in batches:
                 tick = time.monotonic()
                 window_wait += tick - waiting
-                noise = drop_noise(
-                    self.model, len(images), epoch_rng(spec.train.seed, epoch, rt.rank, self.epoch_step, 11)
+                noise = drop_noise(  # numbered by micro-batch: with accum 1, by step
+                    self.model,
+                    len(images),
+                    epoch_rng(spec.train.seed, epoch, rt.rank, self.epoch_step * accum + micro, 11),
                 )
-                output = self.train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise))
+                micro += 1
+                output = self.train_step(
+                    ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise), ms.Tensor(micro == accum)
+                )
+                if micro < accum:  # gradients accumulated; the optimizer steps with the last micro-batch
+                    waiting = time.monotonic()
+                    continue
+                micro = 0
                 self.global_step += 1
                 self.epoch_step += 1
-                self.segments = advance(self.segments, rt.world_size, spec.train.batch_size)
+                self.segments = advance(self.segments, rt.world_size, spec.train.step_batch)
                 window_steps += 1
                 if self.global_step % interval == 0 or self.global_step == self.total_steps:
                     loss, overflows = step_outputs(output)  # the only host sync of a step
