@@ -239,10 +239,13 @@ def test_two_ranks_then_one_resumes_exactly_and_finishes(tmp_path: Path) -> None
     def args(*extra: str) -> list[str]:
         return ["--job", "convit_tiny", *[a for s in [*sets, *extra] for a in ("--set", s)]]
 
-    # 2 ranks x 4: 6 steps per epoch; stop after step 4 (32 of the epoch's 48 samples), checkpointed.
-    code, log = run_pod(args("train.max_steps=4"), tmp_path, "two", local=2)
+    # 2 ranks x 4 (2 micro-batches of 2 accumulated): 6 steps per epoch; stop after step 4 (32 of the epoch's 48
+    # samples), checkpointed. The position counts samples per optimizer step, so accumulation resumes elastically.
+    code, log = run_pod(
+        args("train.max_steps=4", "train.batch_size=2", "train.grad_accum_steps=2"), tmp_path, "two", local=2
+    )
     assert code == 0, log[-4000:]
-    assert "world_size=2" in log and "checkpoint step 4" in log
+    assert "world_size=2" in log and "global_batch=8 grad_accum_steps=2" in log and "checkpoint step 4" in log
 
     # The same job on 1 rank: 16 samples of epoch 1 are left (4 steps), then 12 steps of epoch 2; stop at step 10.
     proc = subprocess.run(

@@ -75,13 +75,21 @@ def _args(ckpt: str, *extra: str) -> list[str]:
 def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
     s3_sample: dict[str, str], tmp_path: Path
 ) -> None:
-    # 48 images / (4 per card x 2 ranks) = 6 steps per epoch; run 9 steps (into epoch 2), checkpoint every 2.
+    # 48 images / (2 per micro-batch x 2 accumulated x 2 ranks) = 6 steps per epoch; run 9 steps (into epoch 2),
+    # checkpoint every 2. With gradient accumulation, EMA of the weights and clipping on: all three resume exactly.
     straight, resumed = "s3://e2e/ckpt-straight", "s3://e2e/ckpt-resumed"
-    common = ("train.max_steps=9", "checkpoint.interval_steps=2")
+    common = (
+        "train.max_steps=9",
+        "checkpoint.interval_steps=2",
+        "train.batch_size=2",
+        "train.grad_accum_steps=2",
+        "train.ema_decay=0.99",
+        "train.clip_grad=1.0",
+    )
 
     code, log = run_pod(_args(straight, *common), tmp_path, "straight", extra_env=s3_sample)
     assert code == 0, log[-4000:]
-    assert "world_size=2" in log and "global_batch=8" in log
+    assert "world_size=2" in log and "global_batch=8 grad_accum_steps=2 ema_decay=0.99 clip_grad=1.0" in log
     assert "step 9/9" in log and "validation epoch 1 step 6" in log and "checkpoint step 9" in log
     assert SECRET_KEY not in log
 
@@ -113,6 +121,10 @@ def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
     assert a.keys() == b.keys() and len(a) > 194
     different = [k for k in a if not np.array_equal(a[k], b[k])]
     assert not different, f"resumed run differs from the straight run in {different[:5]}"
+    # The state holds the EMA (MindCV's `ema.<name>`) and its counter, not the accumulation buffer (zero here).
+    assert float(a["ema_updates"]) == 9 - int(a["overflow_steps"])
+    assert not np.array_equal(a["ema.classifier.weight"], a["classifier.weight"])
+    assert not [k for k in a if k.startswith("grad_sum.")]
 
     # TensorBoard shows the killed-and-resumed run as the straight one: every step once, the same values.
     curves = {uri: shown(sync_copy(uri, tmp_path / uri.rsplit("-", 1)[1])) for uri in (straight, resumed)}

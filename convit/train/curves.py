@@ -82,7 +82,9 @@ class TrainingCurves:
         if not self.enabled:
             return
         self.writer.flush()
-        self._flushed = {path: path.stat().st_size for path in self.local.glob("events.out.tfevents.*")}
+        # This writer's own file only: another process's file in the folder is not this run's.
+        own = Path(self.writer._file_name)
+        self._flushed = {own: own.stat().st_size} if own.exists() else {}
         self._last_sync = time.monotonic()
         busy = self._upload is not None and self._upload.is_alive()
         if wait:
