@@ -1,6 +1,7 @@
 """Side by side on the CPU: graph-mode training step and inference of our convit_tiny, MindCV's and timm's.
 
     .venv/bin/python bench/model_step.py [--model convit_tiny] [--batch 16] [--steps 5] [--warmup 1] [--amp O0,O2]
+    .venv/bin/python bench/model_step.py --interleaved --amp O0 --steps 10   # ours vs MindCV, alternating calls
 
 Median seconds per call over --steps calls after --warmup (compilation) calls. The training step is each
 project's real one: ours from convit.train.step (loss-scaled, MindCV's AdamW), MindCV's from its create_trainer
@@ -50,6 +51,10 @@ def infer_case(model: object, batch: int, steps: int, warmup: int) -> float:
 
 
 def ours_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> float:
+    return timed(ours_step(name, amp, batch), steps, warmup)
+
+
+def ours_step(name: str, amp: str, batch: int) -> Callable[[], object]:
     import mindspore as ms
 
     from convit.jobspec import load_job
@@ -62,10 +67,14 @@ def ours_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> floa
     step = build_train_step(model, build_optimizer(model, spec, lr_schedule(spec.train, 100)), spec)
     x, y = _inputs(batch)
     noise = ms.Tensor(drop_noise(model, batch, np.random.default_rng(0)))
-    return timed(lambda: step(x, y, noise, ms.Tensor(True))[0].asnumpy(), steps, warmup)
+    return lambda: step(x, y, noise, ms.Tensor(True))[0].asnumpy()
 
 
 def mindcv_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> float:
+    return timed(mindcv_step(name, amp, batch), steps, warmup)
+
+
+def mindcv_step(name: str, amp: str, batch: int) -> Callable[[], object]:
     from mindcv.loss import create_loss
     from mindcv.models import create_model
     from mindcv.optim import create_optimizer
@@ -86,7 +95,34 @@ def mindcv_train(name: str, amp: str, batch: int, steps: int, warmup: int) -> fl
     )
     x, y = _inputs(batch)
     step = trainer._train_network
-    return timed(lambda: step(x, y).asnumpy(), steps, warmup)
+    return lambda: step(x, y).asnumpy()
+
+
+def interleaved(name: str, amp: str, batch: int, steps: int, warmup: int) -> None:
+    """Our step and MindCV's called alternately (after `warmup` calls each), so drift in the machine's speed lands
+    on both: the medians, their ratio and the spread of the per-round ratios."""
+    cases = {"ours": ours_step(name, amp, batch), "MindCV": mindcv_step(name, amp, batch)}
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {label: [] for label in cases}
+    for _ in range(steps):
+        for label, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    ratios = sorted(a / b for a, b in zip(times["ours"], times["MindCV"], strict=True))
+    for label, ts in times.items():
+        print(f"{label:<8} train {amp} s: median {statistics.median(ts):.3f} (min {min(ts):.3f}, max {max(ts):.3f})")
+    median = statistics.median(times["ours"]) / statistics.median(times["MindCV"])
+    print(f"ours / MindCV: {median:.2f} (per-round ratios {ratios[0]:.2f} to {ratios[-1]:.2f}, {steps} rounds)")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def timm_case(name: str, batch: int, steps: int, warmup: int) -> tuple[float, float]:
@@ -120,6 +156,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", default="O0,O2", help="AMP levels of the training step, comma-separated")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="only our training step and MindCV's, called alternately"
+    )
     args = parser.parse_args()
 
     import mindspore as ms
@@ -129,7 +168,12 @@ def main() -> None:
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
+    print(f"{cpu_model()}, {os.cpu_count()} cores, MindSpore {ms.__version__}")
     amps = args.amp.split(",")
+    if args.interleaved:
+        for amp in amps:
+            interleaved(args.model, amp, args.batch, args.steps, args.warmup)
+        return
     ours_inf = infer_case(create_model(args.model), args.batch, args.steps, args.warmup)
     results: dict[str, tuple[dict[str, float], float]] = {
         "ours (MindSpore, graph)": (
