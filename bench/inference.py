@@ -19,7 +19,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import round_robin
+
 
 def interleaved(fns: dict[str, Callable[[], object]], steps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed round-robin (one call of each per round), so that load
-    from other processes on a shared machine falls on every implementation alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    for _ in range(steps):
-        for label, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - start)
+    """Median seconds per call of each function, timed round-robin (bench.timing.round_robin)."""
+    times = round_robin(fns, steps, warmup)
     return {label: statistics.median(values) for label, values in times.items()}
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import round_robin
+
 
 def timed(fn: Callable[[], object], steps: int, warmup: int) -> float:
     for _ in range(warmup):
@@ -101,16 +103,7 @@ def mindcv_step(name: str, amp: str, batch: int) -> Callable[[], object]:
 def interleaved(name: str, amp: str, batch: int, steps: int, warmup: int) -> None:
     """Our step and MindCV's called alternately (after `warmup` calls each), so drift in the machine's speed lands
     on both: the medians, their ratio and the spread of the per-round ratios."""
-    cases = {"ours": ours_step(name, amp, batch), "MindCV": mindcv_step(name, amp, batch)}
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {label: [] for label in cases}
-    for _ in range(steps):
-        for label, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - start)
+    times = round_robin({"ours": ours_step(name, amp, batch), "MindCV": mindcv_step(name, amp, batch)}, steps, warmup)
     ratios = sorted(a / b for a, b in zip(times["ours"], times["MindCV"], strict=True))
     for label, ts in times.items():
         print(f"{label:<8} train {amp} s: median {statistics.median(ts):.3f} (min {min(ts):.3f}, max {max(ts):.3f})")
