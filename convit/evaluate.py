@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, spec: Any, runtime: Any) -> EvalResult:
     result = EvalResult(
         model=spec.model.name,
         weights=weights.uri,
-        source=weights.source,
+        source=weights.described,
         samples=samples,
         skipped=skipped,
         top1=top1,

@@ -122,7 +122,7 @@ def sidecar(
         "num_classes": num_classes,
         "class_names": weights.names,  # the checkpoint's own names (its data's folders), or ImageNet's
         "weights": weights.uri,
-        "weights_source": weights.source,
+        "weights_source": weights.described,
     }
 
 

@@ -25,10 +25,10 @@ from typing import Any
 from convit.errors import ConvitError
 from convit.storage import Storage, StorageError, open_storage
 from convit.train.checkpoints import BEST, LATEST, CheckpointError, CheckpointStore
+from convit.train.step import EMA_PREFIX
 
 # Model tensors of our checkpoints; the rest is trainer state (AdamW moments, step counters, loss-scale state).
 _MODEL_KEY = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.|norm\.|classifier\.)")
-EMA = "ema."  # the EMA weights' prefix (convit.train.step.EMA_PREFIX, MindCV's)
 _STEP = re.compile(r"^(?P<root>.+)/checkpoints/step-(?P<step>[0-9]{9})(/weights\.ckpt)?$")
 
 
@@ -43,6 +43,11 @@ class LoadedWeights:
     num_classes: int
     classes: list[str] = field(default_factory=list)  # recorded in our meta.json; [] for a MindCV .ckpt
     ema: bool = False  # the model tensors are the EMA of the weights (see read_weights)
+
+    @property
+    def described(self) -> str:
+        """`source`, saying when the tensors are the EMA weights (what the commands print and record)."""
+        return f"{self.source}, EMA weights" if self.ema else self.source
 
     @property
     def names(self) -> list[str]:
@@ -188,14 +193,13 @@ def _read_weights(uri: str) -> LoadedWeights:
 
 
 def _average(weights: LoadedWeights, ema: bool | None) -> LoadedWeights:
-    averages = {k[len(EMA) :]: v for k, v in weights.params.items() if k.startswith(EMA)}
+    prefix = EMA_PREFIX + "."
+    averages = {k.removeprefix(prefix): v for k, v in weights.params.items() if k.startswith(prefix)}
     if ema and not averages:
         raise ConvitError(f"{weights.uri}: the checkpoint holds no EMA weights (trained without train.ema_decay)")
     use = bool(averages) if ema is None else ema
-    params = {k: v for k, v in weights.params.items() if not k.startswith(EMA)}
-    if not use:
-        return replace(weights, params=params, ema=False)
-    return replace(weights, params=params | averages, ema=True, source=f"{weights.source}, EMA weights")
+    params = {k: v for k, v in weights.params.items() if not k.startswith(prefix)}
+    return replace(weights, params=params | averages if use else params, ema=use)
 
 
 def add_ema_flag(parser: argparse.ArgumentParser) -> None:
@@ -231,7 +235,7 @@ def build_model(
     net = create_model(name, num_classes=classes, drop_path_rate=0.0, gelu_form=gelu_form)
     net.variant_name = name
     params = weights.params
-    if not weights.source.startswith("mindcv"):  # ours: every model tensor checked, the trainer's own state set aside
+    if weights.source != "mindcv":  # ours: every model tensor checked, the trainer's own state set aside
         params = {k: v for k, v in params.items() if _MODEL_KEY.match(k)}
     load_weights(net, params, strict=True)
     net.set_train(False)

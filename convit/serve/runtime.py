@@ -250,7 +250,7 @@ def _load_checkpoint(
         runner=runner,
         crop_pct=crop_pct_of(weights.model),
         class_names=weights.names,  # the checkpoint's recorded names, else ImageNet's or `class <i>`
-        source=f"{weights.source} {uri}",
+        source=f"{weights.described} {uri}",
         device=device,
     )
 
