@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server process, its environment and fresh buckets."""
+"""Shared fixtures: a real S3 server process, its environment and fresh buckets; the fake Kubernetes API server
+the launcher's kubeconfig points at."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_apiserver import FakeApiServer, fake_apiserver
 from tests.support.s3server import s3_env, s3_server
 
 
@@ -40,3 +42,12 @@ def bucket(s3: dict[str, str]) -> str:
 @pytest.fixture()
 def local_uri(tmp_path: Path) -> str:
     return f"file://{tmp_path}"
+
+
+@pytest.fixture()
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
+    """A fake API server (tests/support/fake_apiserver.py) with KUBECONFIG pointing at it, out of any cluster."""
+    with fake_apiserver() as server:
+        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield server

@@ -12,14 +12,12 @@ import pytest
 from convit.errors import ConvitError
 from convit.models import create_model
 from convit.models.convit import GPSA, ConViT, flash_attention, plain_attention
+from tests.support.cpu import graph_mode_on_cpu
 
 
 @pytest.fixture(scope="module", autouse=True)
 def graph_mode() -> None:
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
+    graph_mode_on_cpu()
 
 
 def _pair(dim: int, heads: int, seed: int) -> tuple[Any, Any]:

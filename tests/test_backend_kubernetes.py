@@ -4,7 +4,6 @@ real-server-shaped responses: exact calls and bodies, errors as one line, status
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from launcher.backends.kubernetes import KubernetesBackend
 from launcher.errors import LauncherError
 from launcher.render import render_objects
 from launcher.workloads import KINDS
-from tests.support.fake_apiserver import FakeApiServer, Reply, Request, fake_apiserver, fixture
+from tests.support.fake_apiserver import FakeApiServer, Reply, Request, fixture
 from tests.support.k8s_schema import validate
 
 NS = "ml"
@@ -26,14 +25,6 @@ WORKLOAD_PATHS = [
     for backend, k in KINDS.items()
 ]
 JOBSET = f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{NS}/jobsets/convit-tiny"
-
-
-@pytest.fixture()
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    with fake_apiserver() as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        yield server
 
 
 def _spec(backend: str = "job"):  # type: ignore[no-untyped-def]

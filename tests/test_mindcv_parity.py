@@ -14,6 +14,7 @@ import pytest
 
 from convit.jobspec import load_job
 from convit.train.schedule import lr_schedule
+from tests.support.cpu import graph_mode_on_cpu
 
 RECIPES = ["convit_tiny", "convit_tiny_plus", "convit_small", "convit_small_plus", "convit_base", "convit_base_plus"]
 IMAGENET_TRAIN = 1_281_167
@@ -94,7 +95,7 @@ SMOOTHING = 0.1
 STEPS_PER_EPOCH = 4
 
 
-def _spec(amp: str) -> Any:
+def _spec(amp: str, *extra: str) -> Any:
     # convit_small's optimizer values (weight decay 0.05, visible on LayerNorm gamma within 20 steps) on a
     # tiny model; a short schedule so the 20 steps cover warmup and the start of the cosine.
     return load_job(
@@ -107,6 +108,7 @@ def _spec(amp: str) -> Any:
             "train.warmup_epochs=2",
             f"train.amp_level={amp}",
             "train.reference_batch=0",
+            *extra,
         ],
     )
 
@@ -173,40 +175,13 @@ def _reference_run(spec: Any, batches: list[tuple[np.ndarray, np.ndarray]]) -> t
     return losses, {"initial": initial, "final": final}
 
 
-def _our_run(
-    spec: Any, batches: list[tuple[np.ndarray, np.ndarray]], initial: dict[str, np.ndarray]
-) -> tuple[list[float], dict[str, np.ndarray], int]:
-    import mindspore as ms
-
-    from convit.data.mixup import smooth_one_hot
-    from convit.models import create_model, load_weights
-    from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
-
-    model = create_model("convit_tiny", num_classes=CLASSES, drop_path_rate=0.0)
-    load_weights(model, initial, strict=True)  # MindCV's initial weights, copied into ours
-    lrs = lr_schedule(spec.train, STEPS_PER_EPOCH)
-    step = build_train_step(model, build_optimizer(model, spec, lrs), spec)
-    losses = []
-    overflows = 0
-    for images, labels in batches:
-        targets = smooth_one_hot(labels, CLASSES, SMOOTHING)
-        noise = drop_noise(model, BATCH, np.random.default_rng(0))
-        loss, overflows = step_outputs(step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise), ms.Tensor(True)))
-        losses.append(loss)
-    final = {p.name: p.asnumpy().copy() for p in model.get_parameters()}
-    return losses, final, overflows
-
-
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 @pytest.fixture(scope="module")
 def batches() -> list[tuple[np.ndarray, np.ndarray]]:
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)  # both steps as they train: compiled graphs (PyNative is the default)
-    ms.set_device("CPU")
+    graph_mode_on_cpu()  # both steps as they train: compiled graphs (PyNative is the default)
     return _batches()
 
 
@@ -227,10 +202,13 @@ def batches() -> list[tuple[np.ndarray, np.ndarray]]:
 def test_twenty_train_steps_match_mindcv(
     amp: str, loss_tol: float, weight_tol: float, batches: list[tuple[np.ndarray, np.ndarray]]
 ) -> None:
+    from convit.models import create_model
+
     spec = _spec(amp)
     ref_losses, ref = _reference_run(spec, batches)
-    our_losses, our_final, overflows = _our_run(spec, batches, ref["initial"])
-    assert overflows == 0
+    tiny = create_model("convit_tiny", num_classes=CLASSES, drop_path_rate=0.0)
+    lrs = lr_schedule(spec.train, STEPS_PER_EPOCH)
+    our_losses, our_final, _ = _our_train_step(spec, batches, ref["initial"], lrs, tiny)  # asserts no overflow
     loss_err = [abs(a - b) / abs(b) for a, b in zip(our_losses, ref_losses, strict=True)]
     print(f"amp {amp}: max relative loss difference {max(loss_err):.2e}")
     assert max(loss_err) < loss_tol, list(zip(our_losses, ref_losses, strict=True))
@@ -254,21 +232,12 @@ EMA_START = 2000.0  # both EMA counters start here, so the decay is 0.63, not Mi
 
 
 def _option_spec(accum: int, ema: float, clip: float, batch: int = BATCH) -> Any:
-    return load_job(
-        "convit_small",
-        [
-            "model.name=convit_tiny",
-            f"model.num_classes={CLASSES}",
-            "model.drop_path_rate=0.0",
-            "train.epochs=6",
-            "train.warmup_epochs=2",
-            "train.amp_level=O0",
-            "train.reference_batch=0",
-            f"train.batch_size={batch}",
-            f"train.grad_accum_steps={accum}",
-            f"train.ema_decay={ema}",
-            f"train.clip_grad={clip}",
-        ],
+    return _spec(
+        "O0",
+        f"train.batch_size={batch}",
+        f"train.grad_accum_steps={accum}",
+        f"train.ema_decay={ema}",
+        f"train.clip_grad={clip}",
     )
 
 
@@ -335,8 +304,14 @@ def _mindcv_train_step(
 
 
 def _our_train_step(
-    spec: Any, batches: list[tuple[np.ndarray, np.ndarray]], initial: dict[str, np.ndarray], lrs: np.ndarray
+    spec: Any,
+    batches: list[tuple[np.ndarray, np.ndarray]],
+    initial: dict[str, np.ndarray],
+    lrs: np.ndarray,
+    model: Any = None,
 ) -> tuple[list[float], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Our step from `initial` (MindCV's initial weights, copied into ours) on `model` (default: the SMALL
+    ConViT): the losses, the final weights and the EMA weights; no step may overflow."""
     import mindspore as ms
 
     from convit.data.mixup import smooth_one_hot
@@ -345,7 +320,8 @@ def _our_train_step(
     from convit.train.step import build_optimizer, build_train_step, drop_noise, step_outputs
 
     k = spec.train.grad_accum_steps
-    model = ConViT(num_classes=CLASSES, drop_path_rate=0.0, **SMALL)
+    if model is None:
+        model = ConViT(num_classes=CLASSES, drop_path_rate=0.0, **SMALL)
     load_weights(model, initial, strict=True)
     step = build_train_step(model, build_optimizer(model, spec, lrs), spec)
     if spec.train.ema_decay > 0:

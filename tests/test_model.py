@@ -11,6 +11,7 @@ import pytest
 from convit.errors import ConvitError
 from convit.models import check_input_size, count_params, create_model, list_models, load_weights, relative_indices
 from convit.models.layers import ElementwiseTanhGELU
+from tests.support.cpu import graph_mode_on_cpu
 
 SPEC_PARAMS = {
     "convit_tiny": 5_710_512,
@@ -74,10 +75,7 @@ def spec_keys(dim: int, heads: int) -> dict[str, tuple[int, ...]]:
 
 @pytest.fixture(scope="module", autouse=True)
 def graph_mode() -> None:
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
+    graph_mode_on_cpu()
 
 
 def _random_input(batch: int = 2, seed: int = 0) -> np.ndarray:

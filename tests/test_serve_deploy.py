@@ -13,7 +13,7 @@ import pytest
 
 from launcher.__main__ import main
 from tests.support import serve_client as http
-from tests.support.fake_apiserver import FakeApiServer, Reply, fake_apiserver, fixture
+from tests.support.fake_apiserver import FakeApiServer, Reply, fixture
 from tests.support.inference import reference_case
 
 NS = "ml"
@@ -52,14 +52,6 @@ def test_serve_locally_answers_like_the_model_then_stops(local_home: Path, capsy
     assert not (local_home / "srv").exists()
     with pytest.raises(OSError):
         http.request(port, "GET", "/v2/health/live", timeout=2)
-
-
-@pytest.fixture()
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    with fake_apiserver() as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        yield server
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,9 @@ def test_the_accumulated_gradient_and_the_ema_stay_float32_under_o2() -> None:
     from convit.models.convit import ConViT
     from convit.train.schedule import lr_schedule
     from convit.train.step import build_optimizer, build_train_step
+    from tests.support.cpu import graph_mode_on_cpu
 
-    ms.set_device("CPU")  # before any kernel runs, as the other in-process MindSpore tests set it
+    graph_mode_on_cpu()  # before any kernel runs, as the other in-process MindSpore tests
     spec = load_job(
         "convit_tiny",
         ["train.amp_level=O2", "model.num_classes=10", "train.grad_accum_steps=4", "train.ema_decay=0.9999"],
