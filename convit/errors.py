@@ -27,6 +27,11 @@ LOST_PEER_EXIT = 75
 # ("Repeated registration"). The pod supervisor starts the worker again until that cluster is gone (within
 # MS_TOPO_TIMEOUT); past that, the pod fails with this code, which the controllers retry as well.
 STALE_CLUSTER_EXIT = 76
+# Stopped on request (SIGTERM: the pod deleted, evicted, preempted or its job suspended) after saving a checkpoint,
+# before training finished. Never 0: Kubernetes counts a pod that exits 0 as Succeeded even while it is being deleted
+# (kubernetes/kubernetes#120182), so an Indexed Job or a JobSet would take a suspended or deleted rank for a finished
+# one. 143 is 128 + SIGTERM, what a process killed by it reports; the rendered failure policies ignore it.
+STOPPED_EXIT = 143
 
 
 def cli_boundary(body: Callable[[], int], *, exit_code: int | None = None) -> int:

@@ -17,6 +17,7 @@ import pytest
 
 from convit.cluster import contract
 from convit.cluster.supervisor import pod_plan
+from convit.errors import LOST_PEER_EXIT, STOPPED_EXIT
 from convit.jobspec import load_job
 from launcher.render import render_objects
 from tests.support.controllers import (
@@ -122,6 +123,9 @@ def test_jobset_restart_decisions() -> None:
         c = ctl()
         assert [c.pod_finished(1, code), c.pod_finished(0, code)] == [RESTART_JOB, FAIL_JOB]
     assert ctl(0).pod_finished(0, 1) == FAIL_JOB  # maxRestarts 0: no restart
+    c = ctl()  # a pod stopped on request (deleted, suspended) is replaced alone and fails nothing; a peer that lost
+    assert c.pod_finished(1, STOPPED_EXIT) == RECREATE_POD and c.restarts == 0  # it exits LOST_PEER_EXIT: restart
+    assert c.pod_finished(0, LOST_PEER_EXIT) == RESTART_JOB
 
 
 # ---- what each controller does when a pod ends ------------------------------------------------------------------
@@ -134,6 +138,8 @@ def test_indexed_job_restart_decisions() -> None:
     assert job().pod_finished(0, 2) == FAIL_JOB  # podFailurePolicy FailJob: a bad job file is not retried
     j = job()
     assert j.pod_finished(0, DISRUPTION) == RECREATE_POD and j.failed == 0  # Ignore: not counted
+    assert j.pod_finished(1, STOPPED_EXIT) == RECREATE_POD and j.failed == 0  # stopped on request: not counted
+    assert j.pod_finished(0, LOST_PEER_EXIT) == RECREATE_POD and j.failed == 1  # its peer: counted
     for code in (1, 137):
         j = job()  # backoffLimit = 1 restart x 2 pods: one whole-job restart is 2 failed pods
         assert [j.pod_finished(0, code), j.pod_finished(1, code), j.pod_finished(0, code)] == [

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from convit.errors import STOPPED_EXIT
 from tests.support.s3server import free_port
 from tests.support.trainrun import REPO, make_sample
 
@@ -210,7 +211,7 @@ def test_a_training_process_serves_the_numbers_of_its_progress_lines_and_counts_
         assert values["convit_checkpoint_upload_seconds"] > 0 and 0 <= values["convit_checkpoint_age_seconds"] < 60
         assert values["convit_data_wait_seconds_total"] > 0
         assert math.isnan(values["convit_top1_percent"])  # no validation yet
-        assert first.stop() == 0  # SIGTERM: a checkpoint, then the end
+        assert first.stop() == STOPPED_EXIT  # SIGTERM: a checkpoint, then the end (not 0: not finished)
     finally:
         first.kill()
     log = first.text()

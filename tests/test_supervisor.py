@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from convit.cluster.supervisor import watch
-from convit.errors import LOST_PEER_EXIT
+from convit.errors import LOST_PEER_EXIT, STOPPED_EXIT
 from convit.train.progress import PodState, lost_report, recorded_step
 from convit.train.runtime import lost_ranks, peer_failure, short_reason
 from tests.support.trainrun import REPO
@@ -123,6 +123,17 @@ def test_a_lost_peer_reported_by_a_worker_is_the_pods_one_line(
 def test_a_pod_whose_workers_all_finish_succeeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     workers = {0: _py("import time; time.sleep(0.3)"), 1: _py("pass")}
     assert watch(0, workers, _py("pass"), tmp_path) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_workers_stopped_on_a_signal_end_the_pod_with_the_stopped_code_never_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ranks stop together after a signal (each exits STOPPED_EXIT, one a moment after the other): that is not a
+    lost rank, and the pod's code is not 0, which Kubernetes would count as a finished pod."""
+    stopped = f"import sys, time; time.sleep({{}}); sys.exit({STOPPED_EXIT})"
+    workers = {0: _py(stopped.format(0.5)), 1: _py(stopped.format(0))}
+    assert watch(0, workers, _py("pass"), tmp_path) == STOPPED_EXIT
     assert capsys.readouterr().err == ""
 
 

@@ -10,11 +10,13 @@ What a pod runs depends on who started it (see contract.py for the controllers' 
 - a process that already has its MS_NODE_ID, or runs outside a pod (no MS_LOCAL_WORKER), trains by itself.
 
 Workers inherit stdout and stderr (rank 0 prints progress; the others print only warnings and errors). SIGTERM is
-forwarded so that rank 0 can write its last checkpoint. Every process of the pod is polled every tick: when a worker
-dies (non-zero exit or a signal), or the scheduler dies while workers still run, the supervisor prints one line
-naming the pod, the rank (its MindSpore node id), how it ended and the last step it finished, stops the others
-(SIGTERM, STOP_GRACE_S, then SIGKILL) and fails the pod with LOST_PEER_EXIT (a signal) or the process's own code, so
-that the job's restart policy restarts it from its checkpoint instead of leaving ranks hanging in a collective.
+forwarded so that rank 0 can write its last checkpoint; the ranks then stop together and the pod exits STOPPED_EXIT
+(143, never 0: a pod that exits 0 counts as finished), or LOST_PEER_EXIT when it was not signalled itself but
+another pod of the job was. Every process of the pod is polled every tick: when a worker dies (non-zero exit or a
+signal), or the scheduler dies while workers still run, the supervisor prints one line naming the pod, the rank (its
+MindSpore node id), how it ended and the last step it finished, stops the others (SIGTERM, STOP_GRACE_S, then
+SIGKILL) and fails the pod with LOST_PEER_EXIT (a signal) or the process's own code, so that the job's restart
+policy restarts it from its checkpoint instead of leaving ranks hanging in a collective.
 The processes leave their last step and their own report of a lost peer in a directory of the pod's (PodState in
 convit/train/progress.py), so a pod says what it lost in one line, however many of its processes noticed.
 
@@ -43,7 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from convit.cluster import contract
-from convit.errors import LOST_PEER_EXIT, STALE_CLUSTER_EXIT, ConvitError
+from convit.errors import LOST_PEER_EXIT, STALE_CLUSTER_EXIT, STOPPED_EXIT, ConvitError
 from convit.train.progress import ENV_POD_STATE, SCHEDULER, lost_report, recorded_step
 
 STOP_GRACE_S = 10.0  # what the other processes of a pod that lost one get after SIGTERM, before SIGKILL
@@ -163,8 +165,10 @@ def supervise(argv: list[str], environ: Mapping[str, str] | None = None, module:
             return subprocess.Popen(command, env=worker_env(base, plan.pod, plan.local, rank - plan.workers[0]))
 
         workers = {rank: start(rank) for rank in plan.workers}
+        signalled: list[int] = []
 
         def forward(signum: int, _frame: FrameType | None) -> None:
+            signalled.append(signum)
             for child in list(workers.values()):
                 if child.poll() is None:
                     child.send_signal(signum)
@@ -172,7 +176,19 @@ def supervise(argv: list[str], environ: Mapping[str, str] | None = None, module:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         rejoin = float(env.get(contract.ENV_TOPO_TIMEOUT) or 600)
-        return watch(plan.pod, workers, scheduler, state, respawn=start, rejoin_seconds=rejoin)
+        code = watch(plan.pod, workers, scheduler, state, respawn=start, rejoin_seconds=rejoin)
+        if code == STOPPED_EXIT and not signalled:
+            # The ranks stopped together because another pod was stopped (deleted, evicted, preempted): this pod
+            # did not finish either, and its controller must restart it with the others.
+            step = max((s for r in workers if (s := recorded_step(state, str(r))) is not None), default=None)
+            print(
+                f"ERROR: pod {plan.pod}: another pod of the job was stopped {after(step, 'the')}; its ranks saved a "
+                "checkpoint and stopped with it; exiting so the controller restarts the job",
+                file=sys.stderr,
+                flush=True,
+            )
+            return LOST_PEER_EXIT
+        return code
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
@@ -199,8 +215,9 @@ def watch(
     rejoin_seconds: float = 0.0,
     rejoin_delay: float = REJOIN_DELAY_S,
 ) -> int:
-    """Wait for the pod's processes (workers by MindSpore node id): 0 once every worker succeeded; on the first
-    failure one `ERROR:` line, the others stopped, and the pod's exit code (see the module's docstring).
+    """Wait for the pod's processes (workers by MindSpore node id): 0 once every worker succeeded, STOPPED_EXIT once
+    every worker ended and they stopped on a signal (they stop together, after one step, with a checkpoint); on the
+    first failure one `ERROR:` line, the others stopped, and the pod's exit code (see the module's docstring).
 
     A worker refused because the previous cluster still holds its rank (STALE_CLUSTER_EXIT: this pod replaced a
     failed one while the old pods of the job were still running, as the Indexed Job does) is started again every
@@ -225,7 +242,7 @@ def watch(
                 workers[rank] = respawn(rank)
             continue
         sched = scheduler.poll() if scheduler is not None else None
-        failed = {rank: code for rank, code in codes.items() if code is not None and code != 0}
+        failed = {rank: code for rank, code in codes.items() if code not in (None, 0, STOPPED_EXIT)}
         running = [rank for rank, code in codes.items() if code is None]
         if failed:
             # The root cause first: a rank that died of its own, rather than one that reported losing a peer.
@@ -248,7 +265,7 @@ def watch(
             scheduler.wait(timeout=60)
         except subprocess.TimeoutExpired:
             scheduler.kill()
-    return 0
+    return STOPPED_EXIT if STOPPED_EXIT in codes.values() else 0
 
 
 def how_it_ended(code: int) -> str:

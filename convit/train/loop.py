@@ -16,7 +16,7 @@ import numpy as np
 
 from convit.cluster import contract
 from convit.data.order import EpochPlan, Segment, advance, epoch_rng
-from convit.errors import ConvitError
+from convit.errors import STOPPED_EXIT, ConvitError
 from convit.jobspec import JobSpec, job_values
 from convit.train.checkpoints import CheckpointMeta, CheckpointStore
 from convit.train.compile_cache import enable_compile_cache
@@ -541,7 +541,7 @@ class Trainer:
                     self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
                     self._finish(self._result("stopped by signal, checkpoint saved"))
                     self.train_loader.close()
-                    return 0
+                    return STOPPED_EXIT  # not finished: never 0 (see convit/errors.py)
                 self.compile_cache.compiled("step")  # the first step compiled its graphs: kept in object storage
                 if self.global_step >= self.total_steps:
                     break

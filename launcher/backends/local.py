@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from convit.cluster import contract
+from convit.errors import STOPPED_EXIT
 from convit.jobspec import JobSpec
 from convit.jobspec.schema import _DNS1035_LABEL as DNS1035_LABEL
 from convit.jobspec.schema import JOB_NAME_MAX
@@ -488,7 +489,7 @@ def supervise(state_dir: Path, resume: bool = False) -> int:
             save()
             return 0
         if stop["signal"]:
-            state["phase"] = "Failed" if any(codes) else "Stopped"
+            state["phase"] = "Failed" if any(c not in (0, STOPPED_EXIT) for c in codes) else "Stopped"
             save()
             return 0
         if not any(codes):

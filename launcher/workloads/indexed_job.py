@@ -10,6 +10,7 @@ is replaced alone (same index) while the others keep running; podFailurePolicy r
 from __future__ import annotations
 
 from convit.cluster import contract
+from convit.errors import STOPPED_EXIT
 from convit.jobspec import JobSpec
 from launcher.render.common import cluster_env, metadata, pod_template, selector_labels
 from launcher.workloads import kueue
@@ -28,6 +29,16 @@ from launcher.workloads.base import (
 COMPLETION_INDEX = contract.INDEXED_INDEX_FIELD
 # Exit code 2 is a usage/config error (a bad job file, convit.errors.UsageError): retrying cannot help.
 NEVER_RETRY_EXIT_CODES = [2]
+
+
+def stopped_rule(container: str) -> Obj:
+    """A pod stopped on request (deleted, or its job suspended: SIGTERM, a checkpoint, STOPPED_EXIT) is not a failure:
+    it is replaced without counting against backoffLimit. Its peers, which were not signalled, exit LOST_PEER_EXIT
+    and are counted, as for any lost rank."""
+    return {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": container, "operator": "In", "values": [STOPPED_EXIT]},
+    }
 
 
 class IndexedJob(kueue.Admitted):
@@ -76,6 +87,7 @@ class IndexedJob(kueue.Admitted):
                 "rules": [
                     # Preemption, eviction and node drains do not count against backoffLimit.
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    stopped_rule(contract.CONTAINER_NAME),
                     {
                         "action": "FailJob",
                         "onExitCodes": {

@@ -30,7 +30,7 @@ from launcher.workloads.base import (
     Resource,
     Unsupported,
 )
-from launcher.workloads.indexed_job import COMPLETION_INDEX, NEVER_RETRY_EXIT_CODES
+from launcher.workloads.indexed_job import COMPLETION_INDEX, NEVER_RETRY_EXIT_CODES, stopped_rule
 
 BAD_JOB_FILE_RULE = "bad-job-file"
 POD_FAILURE_POLICY_REASON = "PodFailurePolicy"  # the child Job's failure reason when a FailJob rule matched
@@ -57,6 +57,7 @@ def gang_spec(rjob: str, container: str, max_restarts: int, pods: int, template:
         "backoffLimit": 0,  # one failed pod fails the child Job, and the JobSet restarts every pod
         "podFailurePolicy": {
             "rules": [
+                stopped_rule(container),
                 {
                     "action": "FailJob",
                     "onExitCodes": {
@@ -64,7 +65,7 @@ def gang_spec(rjob: str, container: str, max_restarts: int, pods: int, template:
                         "operator": "In",
                         "values": list(NEVER_RETRY_EXIT_CODES),
                     },
-                }
+                },
             ]
         },
         "template": template,
