@@ -3,8 +3,9 @@
 (tests/support/lifecycle.py), and the controller's decision carried out as it would be: the failed index replaced
 alone (Indexed Job), every pod recreated (Volcano, MindCluster's rescheduling of an AscendJob), or the job failed.
 
-Each run must end as the uninterrupted run does, bit for bit, after the restarts the controller's rules predict,
-and without waiting on a MindSpore timeout: a lost peer ends every pod promptly (convit/cluster/supervisor.py).
+Each run has two faults, the second in the restarted job (SIGKILL of either rank, of the scheduler, a pod deleted
+or evicted), and must end as the uninterrupted run does, bit for bit, after the restarts the controller's rules
+predict, and without waiting on a MindSpore timeout: a lost peer ends every pod promptly (convit/cluster/supervisor.py).
 Every restarted pod is a new pod with empty emptyDirs; its compiled graphs come from object storage.
 """
 
@@ -19,7 +20,7 @@ import pytest
 
 from convit.jobspec import load_job
 from launcher.render import render_objects
-from tests.support.controllers import RECREATE_POD, RESTART_JOB, SUCCEEDED, emulator
+from tests.support.controllers import DISRUPTION, EVICTED, RECREATE_POD, RESTART_JOB, SUCCEEDED, emulator
 from tests.support.lifecycle import Fault, Lifecycle, Outcome
 from tests.support.s3server import free_port
 from tests.support.trainrun import SMALL_RUN, make_sample
@@ -63,7 +64,7 @@ def _objects(backend: str, sample: str, out: Path, *sets: str) -> list[dict]:  #
 
 
 def _run(
-    backend: str, sample: str, tmp: Path, faults: list[Fault], timeout: float = 900, graphs: Path | None = None
+    backend: str, sample: str, tmp: Path, faults: list[Fault], timeout: float = 780, graphs: Path | None = None
 ) -> tuple[Outcome, Path]:
     out = tmp / "ckpt"
     if graphs is not None:  # the uninterrupted run's compiled graphs, kept in object storage as every job keeps them
@@ -108,50 +109,61 @@ def _prompt(outcome: Outcome, pods: int = 1) -> None:
     assert len(first_round) == pods and all(e.seconds - fault < PROMPT for e in first_round), outcome.report()
 
 
-# rank 0's pod: position 0 for the Indexed and Volcano Jobs, 1 for the AscendJob (the Scheduler pod is 0)
+# Two faults per run, the second in the restarted job: rank 0's log (its pod: position 0 for the Indexed Job, the
+# Volcano Job and the JobSet, 1 for the AscendJob, whose Scheduler pod is 0) says when.
 SAVED = "checkpoint step 2 saved"
+SAVED_AGAIN = "checkpoint step 4 saved"
 
 
 def test_indexed_job_replaces_each_failed_index_and_the_gang_reforms(
     sample: str, straight: Straight, tmp_path: Path
 ) -> None:
     """SIGKILL of rank 1: the Job controller replaces index 1 alone; rank 0 loses its peer and its pod fails too,
-    so index 0 is replaced as well and the new pair forms a new cluster from the step-2 checkpoint."""
-    outcome, out = _run("job", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)], graphs=straight.graphs)
+    so index 0 is replaced as well and the new pair forms a new cluster from the step-2 checkpoint. Then pod 1 is
+    deleted: the DisruptionTarget rule ignores it (not counted), index 1 is replaced, rank 0 fails again (counted),
+    and the third pair finishes within backoffLimit (2 x 2 pods)."""
+    faults = [Fault(0, SAVED, "kill-worker", 1), Fault(0, SAVED_AGAIN, "delete-pod", 1)]
+    outcome, out = _run("job", sample, tmp_path, faults, graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
+    assert len(outcome.fault_times) == 2, outcome.report()
     replaced = {e.pod for e in outcome.events if e.decision == RECREATE_POD}
     assert len(replaced) == 2, outcome.report()  # both indexes: the whole gang restarted
-    assert len([e for e in outcome.events if e.decision == RECREATE_POD]) <= 4  # backoffLimit 2 x 2 pods
+    counted = [e for e in outcome.events if e.decision == RECREATE_POD and e.exit_code not in (DISRUPTION, EVICTED)]
+    assert 3 <= len(counted) <= 4, outcome.report()  # backoffLimit 2 x 2 pods; the deletion not among them
     _prompt(outcome, pods=2)
     assert _same(_weights(out), straight.weights), "the recovered job diverged from the uninterrupted one"
 
 
-def test_volcano_restarts_the_job_once_when_the_scheduler_dies(sample: str, straight: Straight, tmp_path: Path) -> None:
+def test_volcano_restarts_the_job_for_each_fault(sample: str, straight: Straight, tmp_path: Path) -> None:
     """SIGKILL of the MindSpore scheduler process (in pod 0): the cluster is lost, a pod fails, Volcano's
-    PodFailed -> RestartJob recreates every pod, once."""
-    outcome, out = _run("volcano", sample, tmp_path, [Fault(0, SAVED, "kill-scheduler")], graphs=straight.graphs)
+    PodFailed -> RestartJob recreates every pod. Then SIGKILL of rank 1: a second RestartJob, within maxRetry
+    (backoff_limit + 1)."""
+    faults = [Fault(0, SAVED, "kill-scheduler"), Fault(0, SAVED_AGAIN, "kill-worker", 1)]
+    outcome, out = _run("volcano", sample, tmp_path, faults, graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
-    assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
+    assert outcome.decisions().count(RESTART_JOB) == 2, outcome.report()
     _prompt(outcome)
     assert _same(_weights(out), straight.weights)
 
 
-def test_ascendjob_is_rescheduled_whole_when_a_worker_dies(sample: str, straight: Straight, tmp_path: Path) -> None:
+def test_ascendjob_is_rescheduled_whole_for_each_fault(sample: str, straight: Straight, tmp_path: Path) -> None:
     """SIGKILL of rank 0 (Worker pod 0): without MindCluster's fault-retry-times the AscendJob would fail here;
-    with it, the whole job is rescheduled once."""
-    outcome, out = _run("ascendjob", sample, tmp_path, [Fault(1, SAVED, "kill-worker", 0)], graphs=straight.graphs)
+    with it, the whole job is rescheduled. Then Worker pod 1 is evicted (the kubelet leaves a Failed pod): a second
+    rescheduling, within fault-retry-times (backoff_limit)."""
+    faults = [Fault(1, SAVED, "kill-worker", 0), Fault(1, SAVED_AGAIN, "evict-pod", 2)]
+    outcome, out = _run("ascendjob", sample, tmp_path, faults, graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
-    assert outcome.decisions().count(RESTART_JOB) == 1, outcome.report()
+    assert outcome.decisions().count(RESTART_JOB) == 2, outcome.report()
     _prompt(outcome)
     assert _same(_weights(out), straight.weights)
 
 
-def test_jobset_restarts_the_whole_gang_once_when_a_worker_dies(
-    sample: str, straight: Straight, tmp_path: Path
-) -> None:
-    """SIGKILL of rank 1: its pod fails the child Job (backoffLimit 0) and the JobSet recreates every pod, once."""
-    outcome, out = _run("jobset", sample, tmp_path, [Fault(0, SAVED, "kill-worker", 1)], graphs=straight.graphs)
+def test_jobset_restarts_the_whole_gang_for_each_dead_rank(sample: str, straight: Straight, tmp_path: Path) -> None:
+    """SIGKILL of rank 1: its pod fails the child Job (backoffLimit 0) and the JobSet recreates every pod. Then
+    SIGKILL of rank 0: the second of maxRestarts (backoff_limit) restarts."""
+    faults = [Fault(0, SAVED, "kill-worker", 1), Fault(0, SAVED_AGAIN, "kill-worker", 0)]
+    outcome, out = _run("jobset", sample, tmp_path, faults, graphs=straight.graphs)
     assert outcome.result == SUCCEEDED, outcome.report()
-    assert outcome.decisions() == [RESTART_JOB, SUCCEEDED], outcome.report()
+    assert outcome.decisions() == [RESTART_JOB, RESTART_JOB, SUCCEEDED], outcome.report()
     _prompt(outcome)
     assert _same(_weights(out), straight.weights)

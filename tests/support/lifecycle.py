@@ -83,6 +83,7 @@ class Lifecycle:
         self.incarnation = [0] * len(self.pods)
         self.offsets = [0] * len(self.pods)  # where the current incarnation's lines start in the pod's log
         self.deleted: dict[int, int] = {}  # position -> DISRUPTION or EVICTED, for pods we deleted
+        self.kill_at: dict[int, float] = {}  # position -> when the grace period of its deletion ends
         self.start = time.monotonic()
 
     # ---- pods --------------------------------------------------------------------------------------------------
@@ -110,10 +111,11 @@ class Lifecycle:
         return pod_key(self.ctl, pos, self.pods[pos])
 
     def _delete_all(self) -> None:
-        """The controller deletes every pod: SIGTERM, the grace period, SIGKILL; their ends are not reported."""
+        """The controller deletes every pod: SIGTERM (to the container's main process, as the kubelet sends it), the
+        grace period, SIGKILL (to all of it); their ends are not reported."""
         live = [r for r in self.running if r is not None and r.proc.poll() is None]
         for r in live:
-            _signal_group(r, signal.SIGTERM)
+            r.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE
         while any(r.proc.poll() is None for r in live) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -130,7 +132,8 @@ class Lifecycle:
             pod = self.running[fault.target]
             assert pod is not None, f"pod {fault.target} is not running"
             self.deleted[fault.target] = DISRUPTION if fault.action == "delete-pod" else EVICTED
-            _signal_group(pod, signal.SIGTERM)
+            pod.proc.send_signal(signal.SIGTERM)  # the kubelet signals the container's main process
+            self.kill_at[fault.target] = time.monotonic() + GRACE
             return
         role = "MS_WORKER" if fault.action == "kill-worker" else "MS_SCHED"
         pids = [
@@ -159,8 +162,16 @@ class Lifecycle:
                         outcome.fault_times.append(round(time.monotonic() - self.start, 1))
                         pending.remove(fault)
                 for pos, pod in enumerate(self.running):
+                    if (
+                        pod is not None
+                        and pod.proc.poll() is None
+                        and time.monotonic() > self.kill_at.get(pos, deadline)
+                    ):
+                        _signal_group(pod, signal.SIGKILL)  # the deleted pod's grace period is over
+                        pod.proc.wait()
                     if pod is None or pod.proc.poll() is None:
                         continue
+                    self.kill_at.pop(pos, None)
                     code = self.deleted.pop(pos, pod.proc.returncode)
                     _signal_group(pod, signal.SIGKILL)  # what a dead pod's container leaves behind goes too
                     self.running[pos] = None
