@@ -51,3 +51,29 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServ
         monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield server
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """MindSpore's Cell.__del__ fails on cells still alive at interpreter shutdown (its module globals are gone by
+    then) and prints a traceback per cell after the summary; only those are silenced, every other one still shows."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "Cell.__del__" and isinstance(unraisable.exc_value, AttributeError):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For pytest-xdist's `--dist loadgroup` (./dev test runs `-n 2`): the slow end-to-end tests run one after the
+    other on one worker, as each already trains on both cores and uses per-machine resources (the metrics port, the
+    local job home); the other tests run file by file on the second worker, in the first one's idle moments
+    (process start-up, compiles on one core, waits for a fault to be noticed)."""
+    for item in items:
+        group = "end-to-end" if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

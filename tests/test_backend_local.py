@@ -19,7 +19,7 @@ from launcher.__main__ import main
 from launcher.backends.local import LocalBackend
 from tests.support.s3server import SECRET_KEY
 from tests.support.tensorboard import shown
-from tests.support.trainrun import make_sample
+from tests.support.trainrun import make_sample, seed_compile_cache
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +153,7 @@ def test_killed_worker_restarts_the_job_which_ends_with_the_uninterrupted_weight
     ]
     assert main(["submit", *common, "--name", "straight", "--output", f"s3://{bucket}/straight"]) == 0
     assert _wait("straight") == "Succeeded"
+    seed_compile_cache(f"s3://{bucket}/straight", f"s3://{bucket}/killed")
 
     assert main(["submit", *common, "--name", "killed", "--output", f"s3://{bucket}/killed"]) == 0
     log = local_home / "killed" / "pod-0.log"

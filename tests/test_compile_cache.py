@@ -296,27 +296,25 @@ def test_a_replaced_pod_fetches_the_cache_mindspore_uses_it_and_training_is_iden
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["hash wrong", "manifest missing"])
 def test_a_corrupt_remote_cache_is_ignored_and_training_succeeds(
-    damage: str, first_pod: tuple[str, str], sample: str, s3: dict[str, str], tmp_path: Path
+    first_pod: tuple[str, str], sample: str, s3: dict[str, str], tmp_path: Path
 ) -> None:
-    ckpt = f"s3://ccache/damaged-{damage.split()[0]}"
+    """The damage MindSpore must never see: the step graph's file changed under its manifest (the other kinds, a
+    missing or malformed manifest, a missing or truncated file, are refused the same way: the fast test above)."""
+    ckpt = "s3://ccache/damaged"
     remote, manifest = _remote_cache(first_pod[0])
     src, dst = open_storage(remote), open_storage(remote.replace(first_pod[0], ckpt))
     for key in src.list():
         dst.put(key, src.get(key))
     step_blob = f"{BLOBS}/{manifest['graph_cache/compile_cache_0.mindir']['sha256']}"
-    if damage == "hash wrong":
-        data = bytearray(dst.get(step_blob))
-        data[len(data) // 2] ^= 0xFF
-        dst.put(step_blob, bytes(data))
-    else:
-        dst.delete("rank_0.json")
+    data = bytearray(dst.get(step_blob))
+    data[len(data) // 2] ^= 0xFF
+    dst.put(step_blob, bytes(data))
 
     code, log = _train(sample, ckpt, tmp_path / "pod", 1, {})
     assert code == 0 and "done step 1 (finished)" in log, log[-3000:]
     (warning,) = [line for line in log.splitlines() if line.startswith("WARNING convit.train: compile cache")]
-    assert ("corrupt" if damage == "hash wrong" else "no manifest") in warning and warning.endswith("compiling")
+    assert "corrupt" in warning and warning.endswith("compiling")
     assert USED not in log  # MindSpore compiled (nothing damaged reached it)
     assert "compile cache: uploaded 3 of 3 files" in log or "compile cache: uploaded 2 of 2 files" in log
     # The damaged copy is replaced by a good one.

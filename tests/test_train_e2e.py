@@ -4,6 +4,7 @@ real S3 server process, validation, checkpoints, SIGKILL and exact resume, SIGTE
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convit.errors import STOPPED_EXIT
 from tests.support.s3server import SECRET_KEY
 from tests.support.tensorboard import shown, sync_copy
-from tests.support.trainrun import REPO, SMALL_RUN, PodRun, free_port, make_sample, pod_env, run_pod
+from tests.support.trainrun import (
+    REPO,
+    SMALL_RUN,
+    PodRun,
+    free_port,
+    make_sample,
+    pod_env,
+    run_pod,
+    seed_compile_cache,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +59,6 @@ def s3_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dic
         region_name="us-east-1",
     )
     client.create_bucket(Bucket="e2e")
-    import os
-
     saved = dict(os.environ)
     os.environ.update(env)
     try:
@@ -93,14 +102,14 @@ def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
     assert "step 9/9" in log and "validation epoch 1 step 6" in log and "checkpoint step 9" in log
     assert SECRET_KEY not in log
 
-    # Same job, killed with SIGKILL (no chance to save) right after the step-4 checkpoint is published.
+    # Same job (with the graphs the first compiled, as a resubmitted job finds them), killed with SIGKILL (no chance
+    # to save) right after the step-4 checkpoint is published.
+    os.environ.update(s3_sample)
+    seed_compile_cache(straight, resumed)
     pod = PodRun(_args(resumed, *common), pod_env(1, 2, 0, free_port(), s3_sample), tmp_path / "killed.log")
     pod.wait_for("checkpoint step 4 ", timeout=400)
-    import os
-
     from convit.storage import open_storage
 
-    os.environ.update(s3_sample)
     store = open_storage(resumed)
     import time
 
@@ -135,14 +144,13 @@ def test_two_ranks_train_validate_checkpoint_then_kill_and_resume_exactly(
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(s3_sample: dict[str, str], tmp_path: Path) -> None:
-    import os
     import signal
 
     ckpt = "s3://e2e/ckpt-sigterm"
     pod = PodRun(_args(ckpt, "train.max_steps=40"), pod_env(1, 2, 0, free_port(), s3_sample), tmp_path / "t.log")
     pod.wait_for("step 3/", timeout=400)
     os.kill(pod.proc.pid, signal.SIGTERM)  # kubelet signals the container's main process: the supervisor
-    assert pod.wait(120) == 0, pod.text()[-3000:]
+    assert pod.wait(120) == STOPPED_EXIT, pod.text()[-3000:]  # never 0: Kubernetes would count the pod finished
     text = pod.text()
     assert "stopped by signal, checkpoint saved" in text
     os.environ.update(s3_sample)

@@ -33,6 +33,20 @@ def make_sample(dst: str, classes: int, per_class: int, val_per_class: int) -> N
     assert main([*args, "--val-per-class", str(val_per_class)]) == 0
 
 
+def seed_compile_cache(src: str, dst: str) -> int:
+    """Copy the compiled graphs a finished run kept beside its checkpoints (`<src>/compile-cache/`) to `<dst>`, as a
+    resubmitted job finds them in object storage: a test of recovery then spends its time on recovery, not on a
+    second compile (test_compile_cache.py tests the compile and the fetch). Returns the objects copied."""
+    from convit.storage import open_storage
+
+    source, target = open_storage(src), open_storage(dst)
+    keys = list(source.list("compile-cache/"))
+    for key in keys:
+        target.put(key, source.get(key))
+    assert keys, f"no compile cache in {src}"
+    return len(keys)
+
+
 def pod_env(pods: int, local: int, index: int, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         **os.environ,
