@@ -68,12 +68,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     sys.unraisablehook = hook
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist's `--dist loadgroup` (./dev test runs `-n 2`): the slow end-to-end tests run one after the
-    other on one worker, as each already trains on both cores and uses per-machine resources (the metrics port, the
-    local job home); the other tests run file by file on the second worker, in the first one's idle moments
-    (process start-up, compiles on one core, waits for a fault to be noticed)."""
-    for item in items:
-        group = "end-to-end" if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -230,7 +230,7 @@ def test_a_training_process_serves_the_numbers_of_its_progress_lines_and_counts_
         values = second.scrape_until(lambda v: v["convit_step"] > stopped)
         _same_as_line(values, second.line_of(int(values["convit_step"])))
         assert values["convit_restarts"] == 1
-        assert second.stop() == 0
+        assert second.stop() == STOPPED_EXIT
     finally:
         second.kill()
     assert f"resume=step {stopped} " in second.text()
