@@ -67,4 +67,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         default(unraisable)
 
     sys.unraisablehook = hook
-

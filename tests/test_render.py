@@ -188,7 +188,7 @@ def test_ascendjob_scheduler_pod_is_small_and_serves_master_port() -> None:
 def test_restart_budgets_per_backend() -> None:
     """backoff_limit whole-job restarts, in each controller's own units (see tests/test_controllers.py)."""
     job = render_objects(load_job("convit_tiny", ["cluster.pods=3", "cluster.backoff_limit=2"]))[-1]
-    assert job["spec"]["backoffLimit"] == 6  # failed pods: one restart fails all 3
+    assert job["spec"]["backoffLimit"] == 8  # failed pods: one restart fails all 3, and pod 0's replacement once more
     volcano = render_objects(load_job("convit_tiny", ["cluster.backend=volcano", "cluster.backoff_limit=0"]))[-1]
     assert volcano["spec"]["maxRetry"] == 1  # never 0, which Volcano's webhook would turn into 3
     assert volcano["spec"]["policies"][0] == {"exitCode": 2, "action": "TerminateJob"}

@@ -24,10 +24,12 @@ A rank lost in another pod is noticed by MindSpore itself (measured with 2.10 on
 rank dead when its heartbeats stop for MS_NODE_TIMEOUT (default 30 s; its init() raises within 5 s more), a CPU
 collective waiting for a dead peer fails after MS_CPU_COMM_OP_TIMEOUT (default: MS_NODE_TIMEOUT, then 30 s) and the
 RuntimeError reaches Python about 3 s later, and a worker that loses the scheduler retries its heartbeat for about
-20 s, then SIGTERMs itself (a handler installed in Python runs only once the blocked collective returns). The
-trainer turns that RuntimeError into its one line (convit/train/loop.py), the scheduler names the rank it lost
-(convit/train/runtime.py), and both exit at once with LOST_PEER_EXIT: MindSpore's exit-time finalization would wait
-for the lost peer first.
+20 s, then SIGTERMs itself. The trainer turns that RuntimeError into its one line (convit/train/loop.py), the
+scheduler names the rank it lost (convit/train/runtime.py), and both exit at once with LOST_PEER_EXIT: MindSpore's
+exit-time finalization would wait for the lost peer first. A collective that waits longer (HCCL's 1836 s on Ascend)
+does not hold a worker either: the SIGTERM for the lost scheduler ends it 15 s later when its Python handler cannot
+run (convit/train/stop.py). Before it forwards a SIGTERM of its own, the supervisor marks the stop as the pod's
+(request_stop), and the processes then take the pod's grace period to save.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from types import FrameType
 
 from convit.cluster import contract
 from convit.errors import LOST_PEER_EXIT, STALE_CLUSTER_EXIT, STOPPED_EXIT, ConvitError
-from convit.train.progress import ENV_POD_STATE, SCHEDULER, lost_report, recorded_step
+from convit.train.progress import ENV_POD_STATE, SCHEDULER, lost_report, recorded_step, request_stop
 
 STOP_GRACE_S = 10.0  # what the other processes of a pod that lost one get after SIGTERM, before SIGKILL
 REJOIN_DELAY_S = 3.0  # between attempts of a worker to join while the previous cluster still holds its rank
@@ -169,6 +171,7 @@ def supervise(argv: list[str], environ: Mapping[str, str] | None = None, module:
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             signalled.append(signum)
+            request_stop(state)  # before the signal: the processes must see the pod's own stop (train/stop.py)
             for child in list(workers.values()):
                 if child.poll() is None:
                     child.send_signal(signum)

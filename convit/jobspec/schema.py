@@ -504,11 +504,19 @@ class ClusterSpec(_Section):
     cluster_timeout: Annotated[int, Field(ge=10, le=86_400)] = Field(
         600, description="Seconds to wait for every rank to join."
     )
+    step_timeout: Annotated[int, Field(ge=30, le=86_400)] = Field(
+        300,
+        description=(
+            "Seconds a training step may wait for the other ranks before this rank counts one lost and exits for a "
+            "restart (instead of HCCL's own 1836 s); the first step of a start, which compiles, is not bounded."
+        ),
+    )
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = Field(
         6,
         description=(
-            "Restarts of the whole job before it fails: the Indexed Job's backoffLimit is this x pods (one "
-            "restart fails every pod), Volcano's maxRetry this + 1 (its webhook turns 0 into 3); on AscendJob "
+            "Restarts of the whole job before it fails: the Indexed Job's backoffLimit is this x (pods + 1) (one "
+            "restart fails every pod, and pod 0's replacement once more when a survivor re-registers with it), "
+            "Volcano's maxRetry this + 1 (its webhook turns 0 into 3); on AscendJob "
             "MindCluster's fault-retry-times (whole-job rescheduling; 0 would mean unlimited there, so it must be "
             "at least 1)."
         ),

@@ -9,8 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from convit.train.metrics import TrainMetrics, metrics_port
 from convit.train.progress import PodState, Progress
 from convit.train.runtime import AllReduceSum, Runtime, exit_lost_peer, node_name, peer_failure
 from convit.train.schedule import PartialEpoch, first_slot, lr_schedule
+from convit.train.stall import StallWatch
 from convit.train.step import (
     EMA_PREFIX,
     GRAD_SUM_PREFIX,
@@ -34,6 +34,7 @@ from convit.train.step import (
     drop_noise,
     step_outputs,
 )
+from convit.train.stop import StopRequest
 from convit.train.termination import TerminationMessage
 
 log = logging.getLogger("convit.train")
@@ -44,20 +45,6 @@ def _is_state(name: str) -> bool:
     """A parameter of the train step that checkpoints carry: not the LR table, not the accumulation buffer (zero
     at every optimizer step, where checkpoints are written)."""
     return name not in _DERIVED and not name.startswith(GRAD_SUM_PREFIX + ".")
-
-
-class StopRequest:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps, so a step is never cut in half."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.signal = signum
 
 
 class Trainer:
@@ -402,7 +389,9 @@ class Trainer:
                     self.metrics.close()
 
     def _run(self) -> int:
-        self.stop.install()
+        # The watcher only where a supervisor marks the pod's own stops: elsewhere a SIGTERM may be the kubelet's.
+        supervised = self.runtime.distributed and PodState(node_name()).dir is not None
+        self.stop.install(on_stuck=self._stuck if supervised else None)
         if self.metrics is not None:
             self.metrics.serve(self.metrics_port)  # before the resume: restarts and the checkpoint's age at once
         resumed = self.resume()
@@ -446,18 +435,35 @@ class Trainer:
         finally:
             self.curves.close()  # whatever ended the run, its curves are uploaded
             self.compile_cache.close()
+        self._end_lost_peer(f"lost a peer rank after step {self.global_step} (MindSpore: {reason})")
+
+    def _end_lost_peer(self, what: str) -> NoReturn:
         try:
             self.checkpoints.wait()  # an upload begun before the loss still completes, so the restart can use it
         except ConvitError as exc:
             log.warning("the last checkpoint upload failed: %s", exc)
         for loader in (self.train_loader, self.val_loader):  # its processes and shared memory: gone with the exit
             loader.close()
-        message = (
-            f"lost a peer rank after step {self.global_step} (MindSpore: {reason}); "
-            "exiting so the controller restarts the job"
-        )
+        message = f"{what}; exiting so the controller restarts the job"
         self._finish(f"ERROR: {message}")
         exit_lost_peer(message)
+
+    def _stalled(self, seconds: float) -> None:
+        """StallWatch's thread: this step's collectives have waited past cluster.step_timeout."""
+        self._end_lost_peer(
+            f"lost a peer rank: step {self.global_step + 1} waited {seconds:.0f}s for the other ranks "
+            f"(cluster.step_timeout {self.spec.cluster.step_timeout}s)"
+        )
+
+    def _stuck(self, signum: int) -> None:
+        """StopRequest's watcher: a signal whose handler could not run (convit/train/stop.py)."""
+        if PodState.stop_was_requested():
+            return  # the pod's own stop (the kubelet's SIGTERM): its grace period decides
+        self._end_lost_peer(
+            f"lost the MindSpore cluster after step {self.global_step}: MindSpore sent "
+            f"{signal.Signals(signum).name} (its scheduler is gone) while this rank waited in a collective for "
+            f"{self.stop.grace:g}s"
+        )
 
     def _train(self, plan: EpochPlan) -> int:
         import mindspore as ms
@@ -469,6 +475,8 @@ class Trainer:
         window_wait = 0.0  # seconds of the logging interval spent waiting for the next batch
         step_times: list[float] = []
         accum, micro = spec.train.grad_accum_steps, 0  # micro-batches per optimizer step, and of this one so far
+        stall = StallWatch(spec.cluster.step_timeout, self._stalled)
+        warm = False  # the first step of a start compiles: unwatched (convit/train/stall.py)
         while self.global_step < self.total_steps:
             epoch = self.epoch
             if plan.epoch != epoch:
@@ -481,6 +489,8 @@ class Trainer:
             for images, targets in batches:
                 tick = time.monotonic()
                 window_wait += tick - waiting
+                if warm and rt.distributed:
+                    stall.arm()
                 noise = drop_noise(  # numbered by micro-batch: with accum 1, by step
                     self.model,
                     len(images),
@@ -491,6 +501,7 @@ class Trainer:
                     ms.Tensor(images), ms.Tensor(targets), ms.Tensor(noise), ms.Tensor(micro == accum)
                 )
                 if micro < accum:  # gradients accumulated; the optimizer steps with the last micro-batch
+                    stall.disarm()
                     waiting = time.monotonic()
                     continue
                 micro = 0
@@ -535,6 +546,8 @@ class Trainer:
                 if every and self.global_step % every == 0 and self.epoch_step != 0 and not final:
                     self.save("interval")
                 stop = self._should_stop()  # in a cluster an AllReduce: every rank has finished this step
+                stall.disarm()
+                warm = True
                 self.pod_state.step(self.global_step)
                 if stop:
                     self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)

@@ -6,6 +6,7 @@ The text form is parsed back by `launcher status` (launcher/progress.py): keep t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -139,7 +140,9 @@ class PodState:
     `step-<name>`: the process's last finished step, so that the supervisor's line about a rank it lost says how far
     it got (one pwrite of a fixed-width number per step). `lost-<name>`: the one line about a lost peer; every
     process of a pod sees the same loss, and the supervisor prints the first report once for the pod instead of one
-    line per process. Without the variable (a plain run, AscendJob's Scheduler pod) no step is recorded and the
+    line per process. `stop-requested`: the supervisor's mark that the pod itself was asked to stop (the kubelet's
+    SIGTERM, which it forwards): a process that then cannot stop promptly is left to the pod's grace period
+    (convit/train/stop.py). Without the variable (a plain run, AscendJob's Scheduler pod) no step is recorded and the
     line goes to stderr."""
 
     def __init__(self, name: str, directory: str | None = None) -> None:
@@ -169,6 +172,20 @@ class PodState:
             except OSError:
                 pass
         print(f"ERROR: {message}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def stop_was_requested() -> bool:
+        where = os.environ.get(ENV_POD_STATE, "")
+        return bool(where) and (Path(where) / STOP_REQUESTED).exists()
+
+
+STOP_REQUESTED = "stop-requested"
+
+
+def request_stop(directory: Path) -> None:
+    """Mark that the pod was asked to stop (PodState), before its processes get the signal."""
+    with contextlib.suppress(OSError):  # without the mark a stuck process ends as a lost peer, before the grace
+        (directory / STOP_REQUESTED).touch()
 
 
 def recorded_step(directory: Path, name: str) -> int | None:

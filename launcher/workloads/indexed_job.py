@@ -79,8 +79,10 @@ class IndexedJob(kueue.Admitted):
             "completions": c.pods,
             "parallelism": c.pods,
             # The Job controller counts failed pods, not restarts of the job: when one rank fails, the others lose
-            # their peers and their pods fail too, so one whole-job restart can cost up to `pods` failed pods.
-            "backoffLimit": c.backoff_limit * c.pods,
+            # their peers and their pods fail too, so one whole-job restart can cost `pods` failed pods, and one
+            # more when pod 0 was replaced first: a survivor re-registers with its new MindSpore scheduler before
+            # it ends, and that scheduler fails once over it (measured: tests/test_recovery.py).
+            "backoffLimit": c.backoff_limit * (c.pods + 1),
             # A replacement pod starts only once the failed one is gone, so two pods never hold one hostname.
             "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
