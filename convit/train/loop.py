@@ -442,11 +442,15 @@ class Trainer:
             self.checkpoints.wait()  # an upload begun before the loss still completes, so the restart can use it
         except ConvitError as exc:
             log.warning("the last checkpoint upload failed: %s", exc)
-        for loader in (self.train_loader, self.val_loader):  # its processes and shared memory: gone with the exit
-            loader.close()
+        self._close_loaders()
         message = f"{what}; exiting so the controller restarts the job"
         self._finish(f"ERROR: {message}")
         exit_lost_peer(message)
+
+    def _close_loaders(self) -> None:
+        """Their worker processes and shared memory, before the exit (else Python's resource tracker warns)."""
+        for loader in (self.train_loader, self.val_loader):
+            loader.close()
 
     def _stalled(self, seconds: float) -> None:
         """StallWatch's thread: this step's collectives have waited past cluster.step_timeout."""
@@ -514,6 +518,7 @@ class Trainer:
                     if not np.isfinite(loss):
                         log.error("loss is %s at step %d; stopping", loss, self.global_step)
                         self._finish(f"ERROR: loss is {loss} at step {self.global_step}; stopping")
+                        self._close_loaders()
                         return 3
                     self.last_loss = loss
                     now = time.monotonic()
@@ -553,7 +558,7 @@ class Trainer:
                     self.save(f"signal {self.stop.signal or 'from another rank'}", background=False)
                     self.progress.done(step=self.global_step, reason="stopped by signal, checkpoint saved")
                     self._finish(self._result("stopped by signal, checkpoint saved"))
-                    self.train_loader.close()
+                    self._close_loaders()
                     return STOPPED_EXIT  # not finished: never 0 (see convit/errors.py)
                 self.compile_cache.compiled("step")  # the first step compiled its graphs: kept in object storage
                 if self.global_step >= self.total_steps:
@@ -569,7 +574,7 @@ class Trainer:
                 self.validate()
                 self.save("final")
         self.checkpoints.wait()
-        self.train_loader.close()
+        self._close_loaders()
         self.progress.done(step=self.global_step, reason="finished")
         self._finish(self._result("finished"))
         return 0

@@ -125,6 +125,7 @@ class Lifecycle:
                 r.proc.wait()
         self.running = [None] * len(self.pods)
         self.deleted.clear()
+        self.kill_at.clear()  # a pending grace period was the old pod's: never the new pod's at that position
 
     # ---- faults ------------------------------------------------------------------------------------------------
     def _inject(self, fault: Fault) -> None:
