@@ -7,7 +7,8 @@ The model is convit_tiny (1000 classes; random weights unless --onnx names an ex
 with `python -m convit.export --format onnx` (dynamic batch). Clients send one real photograph per request
 (matplotlib's sample photographs and crops of them, JPEG/PNG) as the raw body of POST /v1/classify, on a new
 connection each, back to back, for --seconds or --requests per client at least. Direct: onnxruntime's
-InferenceSession on the same file with the server's session options, batch 16 (images/s) and batch 1, measured
+InferenceSession on the same file with the server's session options (a thread per core), batch 16 (images/s) and
+batch 1 (the goals' references), and the server's lanes (one single-threaded session per core, batch 8 each), measured
 before each concurrency level and after the last (the machine is shared), plus the decode + preprocessing of one image
 (convit.inference.images.preprocess, what the server runs), median of --steps calls. Goals (issue 18): at
 concurrency 16, >= 0.85x the direct batch-16 throughput; at concurrency 1, p50 <= 1.2x (one direct batch-1 call +
@@ -77,6 +78,7 @@ def direct(model: Path, images: list[bytes], steps: int) -> dict[str, float]:
     import onnxruntime as ort
 
     from convit.inference.images import preprocess
+    from convit.serve.runtime import usable_cores
 
     options = ort.SessionOptions()  # the server's options (convit/serve/runtime.py): no busy-waiting threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -87,7 +89,20 @@ def direct(model: Path, images: list[bytes], steps: int) -> dict[str, float]:
     decode = statistics.median(
         median_seconds(lambda data=data: preprocess(data, 0.875), max(3, steps // 2), 1) for data in images
     )
-    return {"batch16_ips": 16 / batch16, "batch1_s": batch1, "decode_s": decode}
+    # The server's lanes: one single-threaded session per core, each on its own batch of 8, side by side.
+    cores = usable_cores()
+    options.intra_op_num_threads = 1
+    lanes = [ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]) for _ in range(cores)]
+
+    def side_by_side() -> None:
+        threads = [threading.Thread(target=lane.run, args=(["logits"], {"image": rows[:8]})) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    lanes_ips = 8 * cores / median_seconds(side_by_side, max(3, steps // 2))
+    return {"batch16_ips": 16 / batch16, "batch1_s": batch1, "decode_s": decode, "lanes_ips": lanes_ips}
 
 
 def load(port: int, images: list[bytes], clients: int, seconds: float, requests: int) -> dict[str, float]:
@@ -173,7 +188,9 @@ def main() -> None:
     print("direct onnxruntime, measured before each level and after the last: batch 16 "
           + " / ".join(f"{r['batch16_ips']:.1f}" for r in refs) + " images/s; batch 1 "
           + " / ".join(f"{r['batch1_s'] * 1000:.1f}" for r in refs) + " ms; decode + preprocess "
-          + " / ".join(f"{r['decode_s'] * 1000:.1f}" for r in refs) + " ms")  # fmt: skip
+          + " / ".join(f"{r['decode_s'] * 1000:.1f}" for r in refs) + " ms; single-threaded sessions side by side "
+          + "(one per core, batch 8 each) " + " / ".join(f"{r['lanes_ips']:.1f}" for r in refs)
+          + " images/s")  # fmt: skip
     print()
     print("| clients | images/s | direct batch 16 images/s | ratio | p50 ms | p99 ms | direct batch 1 + decode ms "
           "| p50 ratio | mean batch |")  # fmt: skip

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,35 @@ def test_batcher_gathers_concurrent_requests_and_does_not_hold_a_lone_one() -> N
     assert len(sizes) <= 1 + 4 + 3  # 20 rows of clients in at most 4 batches (items are never split)
 
 
+def test_batcher_runs_batches_side_by_side_and_a_lone_one_with_every_core() -> None:
+    from convit.serve.batching import Batcher
+
+    spans: list[tuple[str, float, float]] = []
+
+    def runner(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+        def run(batch: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            time.sleep(0.2)
+            spans.append((kind, start, time.perf_counter()))
+            return batch * 2
+
+        return run
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(runner("lane"), max_batch=2, max_wait=0.0, workers=2, run_alone=runner("alone"))
+        batcher.start()
+        await batcher.submit(np.ones((1, 2), np.float32))  # nothing else running, queued or on its way
+        outs = await asyncio.gather(*(batcher.submit(np.full((1, 2), i, np.float32)) for i in range(4)))
+        await batcher.stop()
+        return outs
+
+    outs = asyncio.run(scenario())
+    assert [float(o[0, 0]) for o in outs] == [0.0, 2.0, 4.0, 6.0]
+    assert spans[0][0] == "alone" and len(spans) == 3 and all(kind == "lane" for kind, _, _ in spans[1:])
+    (_, a0, a1), (_, b0, b1) = spans[1:]
+    assert max(a0, b0) < min(a1, b1), spans  # the two batches of 2 ran at the same time
+
+
 def test_batcher_passes_runtime_errors_to_every_request_of_the_batch() -> None:
     from convit.errors import ConvitError
     from convit.serve.batching import Batcher
@@ -86,6 +115,23 @@ def test_batcher_passes_runtime_errors_to_every_request_of_the_batch() -> None:
         return results
 
     assert all(isinstance(r, ConvitError) for r in asyncio.run(scenario()))
+
+
+def test_a_pods_cpu_limit_bounds_the_cores_the_server_uses(tmp_path: Path) -> None:
+    """The runtime lanes, onnxruntime's threads and the decoders count the cgroup's CPU quota, not the node's cores."""
+    from convit.serve.runtime import _cgroup_quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")  # cgroup v2, a limit of 2.5 CPUs
+    assert _cgroup_quota(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_quota(v1) == 4.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_quota(v1) is None and _cgroup_quota(tmp_path / "absent") is None
 
 
 def test_mindspore_runner_pads_to_its_fixed_batch() -> None:

@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit (default 64 MiB)")
     parser.add_argument("--max-images", type=int, default=64, help="images per request at most (default 64)")
     parser.add_argument("--decode-workers", type=int, default=0, help="decoding threads (default: one per core)")
+    parser.add_argument(
+        "--runtime-lanes",
+        type=int,
+        default=0,
+        help="CPU: single-threaded onnxruntime sessions running batches side by side (default: one per core; 1: one "
+        "session with a thread per core)",
+    )
     parser.add_argument("--drain-seconds", type=float, default=30.0, help="SIGTERM: time to finish requests")
     parser.add_argument("--device", choices=["CPU", "Ascend"], help="default: $CONVIT_DEVICE or CPU")
     return parser.parse_args(argv)
@@ -60,6 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--top-k", 5 if args.top_k is None else args.top_k, 1, 1_000_000),
         ("--max-images", args.max_images, 1, 4096),
         ("--decode-workers", args.decode_workers, 0, 256),
+        ("--runtime-lanes", args.runtime_lanes, 0, 256),
     ]:
         if not low <= value <= high:
             raise UsageError(f"{flag} must be in [{low}, {high}]")
@@ -131,7 +139,13 @@ def serve(args: argparse.Namespace) -> int:
 
     def load() -> ServedModel:
         model = load_model(
-            args.weights, model=args.model, name=args.name, device=args.device, max_batch=args.max_batch, ema=args.ema
+            args.weights,
+            model=args.model,
+            name=args.name,
+            device=args.device,
+            max_batch=args.max_batch,
+            ema=args.ema,
+            lanes=args.runtime_lanes,
         )
         if args.top_k is not None and args.top_k > model.num_classes:
             raise UsageError(f"--top-k {args.top_k} is more than the model's {model.num_classes} classes")

@@ -33,7 +33,7 @@ from convit.errors import ConvitError
 from convit.serve.batching import Batcher, Ticket
 from convit.serve.metrics import CONTENT_TYPE, Metrics
 from convit.serve.protocol import ApiError, infer_response, model_metadata, parse_infer
-from convit.serve.runtime import ServedModel
+from convit.serve.runtime import ServedModel, usable_cores
 
 log = logging.getLogger("convit.serve")
 access_log = logging.getLogger("convit.serve.access")
@@ -315,12 +315,11 @@ def build_app(state: ServerState) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        import os
 
         import cv2
 
         cv2.setNumThreads(1)  # one image per decoding thread; the runtime's threads have the other cores
-        workers = config.decode_workers or os.cpu_count() or 1
+        workers = config.decode_workers or usable_cores()
         state.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convit-decode")
         loader = asyncio.get_running_loop().create_task(_load())
         try:
@@ -340,14 +339,19 @@ def build_app(state: ServerState) -> ASGIApp:
             return
         state.model = model
         state.batcher = Batcher(
-            model.logits, config.max_batch, config.max_wait_ms / 1000.0, state.metrics.observe_batch
+            model.logits,
+            config.max_batch,
+            config.max_wait_ms / 1000.0,
+            state.metrics.observe_batch,
+            workers=model.parallel,
+            run_alone=model.logits_alone,
         )
         state.batcher.start()
         state.ready = True
         state.metrics.ready.set(1)
         log.info(
-            "ready: model %s (%s, %d classes) on %s via %s, max batch %d, max wait %g ms",
-            model.name, model.source, model.num_classes, model.device, model.runner.kind,
+            "ready: model %s (%s, %d classes) on %s via %s (%d at once), max batch %d, max wait %g ms",
+            model.name, model.source, model.num_classes, model.device, model.runner.kind, model.parallel,
             config.max_batch, config.max_wait_ms,
         )  # fmt: skip
 

@@ -5,6 +5,10 @@ event loop keeps accepting and decoding. It waits for more rows (at most `max_wa
 only while another request is on its way, i.e. has been accepted but not yet submitted its rows (it is still
 reading its body or decoding): a lone client is never held back, and under load the batches fill up.
 A request larger than `max_batch` rows is cut into several items; items are never split across batches.
+
+Up to `workers` batches run at once, each in a runtime thread of its own (the CPU's single-threaded onnxruntime
+lanes, convit/serve/runtime.py); a batch that runs alone (nothing else running, queued or on its way: a lone client)
+goes to `run_alone`, which may use every core.
 """
 
 from __future__ import annotations
@@ -44,17 +48,19 @@ class Batcher:
     max_batch: int = 16
     max_wait: float = 0.005
     on_batch: Callable[[int], None] = lambda size: None
+    workers: int = 1
+    run_alone: Run | None = None
     _pending: deque[_Item] = field(default_factory=deque)
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
     _expecting: int = 0
     _ids: Iterator[int] = field(default_factory=itertools.count)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
-    _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="convit-runtime")
-    )
+    _executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="convit-runtime")
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="convit-batcher")
 
@@ -64,7 +70,10 @@ class Batcher:
         self._poke()
         if self._task is not None:
             await self._task
-        self._executor.shutdown(wait=True)
+        if self._running:
+            await asyncio.gather(*self._running)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -110,8 +119,8 @@ class Batcher:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
-                if self._closing:
+            while not self._pending or len(self._running) >= self.workers:
+                if self._closing and not self._pending:
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -129,12 +138,20 @@ class Batcher:
                 item = self._pending.popleft()
                 batch.append(item)
                 size += len(item.rows)
-            await self._run(batch, size)
+            alone = not self._running and not self._pending and self._expecting <= 0
+            task = loop.create_task(self._run(batch, size, alone))
+            self._running.add(task)
+            task.add_done_callback(self._ran)
 
-    async def _run(self, batch: list[_Item], size: int) -> None:
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._poke()  # a runtime thread is free
+
+    async def _run(self, batch: list[_Item], size: int, alone: bool) -> None:
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
+        run = self.run_alone if alone and self.run_alone is not None else self.run
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, inputs)
+            logits = await asyncio.get_running_loop().run_in_executor(self._executor, run, inputs)
             self.on_batch(size)
         except Exception as exc:  # the runtime failed: every request of the batch gets the error
             for item in batch:

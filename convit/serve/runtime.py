@@ -6,12 +6,22 @@
     `convit.export.export_onnx` (the fastest CPU runtime measured here, docs/benchmarks.md), on Ascend run by
     MindSpore in graph mode at a fixed batch (padded), so the graph compiles once.
 The device is `--device`, else $CONVIT_DEVICE, else CPU. Every problem is a ConvitError naming the URI.
+
+On the CPU the model is loaded several times: one onnxruntime session with a thread per core for a lone batch (the
+lowest latency), and one single-threaded session per core ("lanes") for batches that run side by side under load.
+Measured here (bench/serve.py, docs/benchmarks.md): two single-threaded sessions, each on its own batch, classify
+about 1.2x as many images per second as one two-threaded session on a batch of 16, whose threads meet at a barrier
+after every operator and wait for the slower one (the other core was decoding); at batch 1 the second thread gains
+only 6%.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -37,7 +47,7 @@ class Runner(Protocol):
 
 
 class OnnxRunner:
-    """onnxruntime, CPU provider, as many intra-op threads as cores (its default)."""
+    """onnxruntime, CPU provider, `threads` intra-op threads (0: one per usable core)."""
 
     kind = "onnxruntime"
 
@@ -48,8 +58,8 @@ class OnnxRunner:
         options.log_severity_level = 3  # errors only: no framework noise on stderr
         # No busy-waiting between calls: the decoding threads need those cores (measured: bench/serve.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or usable_cores()
+        self.path = path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -103,18 +113,44 @@ class ServedModel:
 
     name: str  # the protocol's model name (--name, default the variant)
     variant: str
-    runner: Runner
+    runner: Runner  # every core's threads: a lone batch
     crop_pct: float
     class_names: list[str]
     source: str  # what was loaded, for the start line
     device: str
+    lanes: list[Runner] = field(default_factory=list)  # one core each: batches side by side (the CPU only)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _free: queue.SimpleQueue[Runner] = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self) -> None:
+        self.add_lanes(self.lanes)
+
+    def add_lanes(self, runners: list[Runner]) -> None:
+        self.lanes = runners
+        for lane in runners:
+            self._free.put(lane)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def parallel(self) -> int:
+        """Batches that may run at once."""
+        return max(1, len(self.lanes))
+
     def logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """On a free lane (the batcher runs at most `parallel` batches at once), else on the runner."""
+        if not self.lanes:
+            return self.logits_alone(batch)
+        lane = self._free.get()
+        try:
+            return lane(batch)
+        finally:
+            self._free.put(lane)
+
+    def logits_alone(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """With every core's threads: for a batch that runs while nothing else does."""
         with self.lock:
             return self.runner(batch)
 
@@ -169,11 +205,46 @@ def read_sidecar(uri: str, model_file: Path) -> dict[str, Any]:
     return meta
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, bounded by its cgroup's CPU quota (a pod's CPU limit, which
+    the affinity and onnxruntime's default thread count ignore: they see the node's cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs of the cgroup's quota (cgroup v2 cpu.max, else v1 cfs_quota_us / cfs_period_us); None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota == "max" or quota.startswith("-") or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return int(quota) / int(period)
+
+
 def load_model(
-    weights: str, *, model: str | None, name: str | None, device: str | None, max_batch: int, ema: bool | None = None
+    weights: str,
+    *,
+    model: str | None,
+    name: str | None,
+    device: str | None,
+    max_batch: int,
+    ema: bool | None = None,
+    lanes: int = 0,
 ) -> ServedModel:
     """The model of `weights` (see the module docstring), ready to run but not yet warmed. `ema`: a checkpoint's
-    EMA or raw weights (convit.inference.weights.read_weights); an exported model has its weights already."""
+    EMA or raw weights (convit.inference.weights.read_weights); an exported model has its weights already.
+    `lanes`: single-threaded onnxruntime sessions for batches side by side (0: one per core; 1: none, every batch
+    on the one many-threaded session); MindSpore runs one batch at a time."""
     from convit.inference.weights import normalize_uri
 
     device = device_of(device)
@@ -184,6 +255,8 @@ def load_model(
             served = _load_export(uri, work, model, device, max_batch)
         else:
             served = _load_checkpoint(uri, work, model, device, max_batch, ema)
+        if isinstance(served.runner, OnnxRunner) and (lanes or usable_cores()) > 1:
+            served.add_lanes([OnnxRunner(served.runner.path, threads=1) for _ in range(lanes or usable_cores())])
     finally:
         shutil.rmtree(work, ignore_errors=True)  # onnxruntime and MindSpore hold the model in memory
     if name:
@@ -256,9 +329,9 @@ def _load_checkpoint(
 
 
 def warm_up(served: ServedModel, max_batch: int) -> None:
-    """One full batch and one single image through the runtime (allocations, compilation), checked for shape."""
-    for n in sorted({max_batch, 1}):
-        out = served.logits(np.zeros((n, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
+    """One full batch and one single image through each runtime (allocations, compilation), checked for shape."""
+    for runner, n in itertools.product([served.runner, *served.lanes], sorted({max_batch, 1})):
+        out = runner(np.zeros((n, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
         if out.shape != (n, served.num_classes):
             raise ConvitError(
                 f"the model answers {out.shape} for a batch of {n}; {served.num_classes} classes expected"
