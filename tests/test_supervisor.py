@@ -133,7 +133,11 @@ def test_workers_stopped_on_a_signal_end_the_pod_with_the_stopped_code_never_0(
     lost rank, and the pod's code is not 0, which Kubernetes would count as a finished pod."""
     stopped = f"import sys, time; time.sleep({{}}); sys.exit({STOPPED_EXIT})"
     workers = {0: _py(stopped.format(0.5)), 1: _py(stopped.format(0))}
-    assert watch(0, workers, _py("pass"), tmp_path) == STOPPED_EXIT
+    # The stopped cluster's scheduler ends with it, at once: left running it would take in a replacement's worker.
+    scheduler = _py("import time; time.sleep(120)")
+    start = time.monotonic()
+    assert watch(0, workers, scheduler, tmp_path, grace=2.0) == STOPPED_EXIT
+    assert scheduler.poll() is not None and time.monotonic() - start < 20
     assert capsys.readouterr().err == ""
 
 

@@ -263,12 +263,19 @@ def watch(
         if not running:
             break
         time.sleep(poll)
+    stopped = STOPPED_EXIT in codes.values()
     if scheduler is not None:
+        if stopped:
+            # The job goes on without this cluster: a scheduler left running would take a replacement pod's worker
+            # into it (the Indexed Job replaces a stopped pod at once), and that worker would hang in the dead
+            # cluster's formation, then re-register with the next scheduler at the same address.
+            scheduler.terminate()
         try:
-            scheduler.wait(timeout=60)
+            scheduler.wait(timeout=grace if stopped else 60)
         except subprocess.TimeoutExpired:
             scheduler.kill()
-    return STOPPED_EXIT if STOPPED_EXIT in codes.values() else 0
+            scheduler.wait()
+    return STOPPED_EXIT if stopped else 0
 
 
 def how_it_ended(code: int) -> str:
