@@ -315,7 +315,6 @@ def build_app(state: ServerState) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-
         import cv2
 
         cv2.setNumThreads(1)  # one image per decoding thread; the runtime's threads have the other cores

@@ -118,12 +118,9 @@ class ServedModel:
     class_names: list[str]
     source: str  # what was loaded, for the start line
     device: str
-    lanes: list[Runner] = field(default_factory=list)  # one core each: batches side by side (the CPU only)
+    lanes: list[Runner] = field(default_factory=list, init=False)  # one core each, side by side (the CPU only)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _free: queue.SimpleQueue[Runner] = field(default_factory=queue.SimpleQueue)
-
-    def __post_init__(self) -> None:
-        self.add_lanes(self.lanes)
 
     def add_lanes(self, runners: list[Runner]) -> None:
         self.lanes = runners
@@ -255,8 +252,9 @@ def load_model(
             served = _load_export(uri, work, model, device, max_batch)
         else:
             served = _load_checkpoint(uri, work, model, device, max_batch, ema)
-        if isinstance(served.runner, OnnxRunner) and (lanes or usable_cores()) > 1:
-            served.add_lanes([OnnxRunner(served.runner.path, threads=1) for _ in range(lanes or usable_cores())])
+        count = lanes or usable_cores()
+        if isinstance(served.runner, OnnxRunner) and count > 1:
+            served.add_lanes([OnnxRunner(served.runner.path, threads=1) for _ in range(count)])
     finally:
         shutil.rmtree(work, ignore_errors=True)  # onnxruntime and MindSpore hold the model in memory
     if name:

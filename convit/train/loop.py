@@ -390,7 +390,7 @@ class Trainer:
 
     def _run(self) -> int:
         # The watcher only where a supervisor marks the pod's own stops: elsewhere a SIGTERM may be the kubelet's.
-        supervised = self.runtime.distributed and PodState(node_name()).dir is not None
+        supervised = self.runtime.distributed and self.pod_state.dir is not None
         self.stop.install(on_stuck=self._stuck if supervised else None)
         if self.metrics is not None:
             self.metrics.serve(self.metrics_port)  # before the resume: restarts and the checkpoint's age at once
@@ -461,7 +461,7 @@ class Trainer:
 
     def _stuck(self, signum: int) -> None:
         """StopRequest's watcher: a signal whose handler could not run (convit/train/stop.py)."""
-        if PodState.stop_was_requested():
+        if self.pod_state.stop_was_requested():
             return  # the pod's own stop (the kubelet's SIGTERM): its grace period decides
         self._end_lost_peer(
             f"lost the MindSpore cluster after step {self.global_step}: MindSpore sent "

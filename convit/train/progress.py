@@ -148,6 +148,7 @@ class PodState:
     def __init__(self, name: str, directory: str | None = None) -> None:
         where = os.environ.get(ENV_POD_STATE, "") if directory is None else directory
         self.dir = Path(where) if where else None
+        self._root = self.dir  # self.dir is dropped when a step cannot be recorded; the supervisor's marks stay
         self.name = name
         self._fd: int | None = None
 
@@ -173,10 +174,9 @@ class PodState:
                 pass
         print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
-    @staticmethod
-    def stop_was_requested() -> bool:
-        where = os.environ.get(ENV_POD_STATE, "")
-        return bool(where) and (Path(where) / STOP_REQUESTED).exists()
+    def stop_was_requested(self) -> bool:
+        """The supervisor marked that the pod itself was asked to stop (request_stop)."""
+        return self._root is not None and (self._root / STOP_REQUESTED).exists()
 
 
 STOP_REQUESTED = "stop-requested"
